@@ -29,6 +29,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         app(args=args, prog_name="wbc-deploy")
+    except SystemExit as exc:  # click's standalone mode exits even on success
+        if exc.code not in (0, None):
+            raise
     except WbcError as exc:
         if debug:
             raise
