@@ -1,0 +1,64 @@
+"""Physical parameters of WBC segmentation (micrometres, optical densities), resolution independent."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Optical-density direction of the Romanowsky (Wright-Giemsa) nucleus stain, azure B-eosinate:
+#: purple chromatin absorbs red and green light and passes blue. Measured (k-means on log10 OD,
+#: background-normalised) on real Wright-stained smears; ``rgb2hed``'s haematoxylin vector
+#: (0.65, 0.70, 0.29) absorbs too much blue and lets red cells leak into the nucleus channel.
+ROMANOWSKY_NUCLEUS_OD: tuple[float, float, float] = (0.626, 0.773, 0.101)
+#: OD direction of eosin-stained red cells (pink: absorbs green and blue, passes red).
+ROMANOWSKY_EOSIN_OD: tuple[float, float, float] = (0.352, 0.650, 0.673)
+
+
+@dataclass(frozen=True)
+class SegmentParams:
+    """Parameters of :func:`wbc_deploy.segment.segment_wbcs`, in physical units.
+
+    Lengths are micrometres, areas square micrometres, densities log10 optical densities
+    relative to the slide background, so one set of values works from ~0.07 to ~1 um/px.
+    """
+
+    #: Nucleus-stain and counterstain OD vectors of the colour deconvolution (normalised inside).
+    nucleus_od: tuple[float, float, float] = ROMANOWSKY_NUCLEUS_OD
+    eosin_od: tuple[float, float, float] = ROMANOWSKY_EOSIN_OD
+    #: Background (glass) RGB; None estimates it from the brightest pixels of the image.
+    background_rgb: tuple[float, float, float] | None = None
+    #: Lowest nucleus-stain density ever accepted as chromatin (guard for fields with no WBC):
+    #: red cells reach ~0.05, pale WBC cytoplasm ~0.08, chromatin 0.2-0.6.
+    nucleus_od_min: float = 0.12
+    #: Highest threshold Otsu may choose, so faint nuclei next to very dark ones are kept.
+    nucleus_od_max: float = 0.25
+    #: A nucleus candidate must reach this density somewhere (hysteresis high threshold).
+    nucleus_core_od: float = 0.18
+    #: Total OD above which a pixel is stained (cell) rather than glass.
+    cell_od_min: float = 0.08
+    #: Share of nucleus stain, N / (|N| + |E|), above which a stained pixel is WBC cytoplasm
+    #: (bluish-lilac, ~0.5-0.9) rather than a red cell (nearly pure eosin, ~0-0.15).
+    cytoplasm_min_share: float = 0.4
+    #: Work at no finer than this resolution (um/px); finer inputs are block-averaged first.
+    work_mpp: float = 0.25
+    #: Radius of the opening that removes specks and thin strands from the nucleus mask.
+    open_radius_um: float = 0.4
+    #: Nucleus fragments (lobes) closer than this gap belong to one cell.
+    lobe_gap_um: float = 2.5
+    #: Dynamics (um of the cell mask's distance transform) that separate touching cells.
+    split_h_um: float = 2.0
+    #: Radius of the opening that smooths the cell outline (cuts spurs along red-cell rims).
+    cell_open_um: float = 1.0
+    #: How far cytoplasm may extend beyond its nucleus.
+    cytoplasm_max_um: float = 5.0
+    #: Accepted total nucleus area per cell (platelets are 3-8 um^2, lymphocyte nuclei ~40).
+    nucleus_area_min_um2: float = 12.0
+    nucleus_area_max_um2: float = 250.0
+    #: Accepted whole-cell area (a 6 um small lymphocyte to a 22 um monocyte).
+    cell_area_min_um2: float = 25.0
+    cell_area_max_um2: float = 450.0
+    #: Shape limits of the whole cell (cut cells at the image border are exempt).
+    min_solidity: float = 0.75
+    max_eccentricity: float = 0.95
+
+    def px(self, um: float, mpp: float) -> float:
+        """A length in micrometres as pixels at ``mpp``."""
+        return um / mpp
