@@ -1,0 +1,156 @@
+"""Unit tests of the count pipeline's pieces: tiling and ownership, resolutions, store, gallery, matching, inputs."""
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from wbc_deploy.errors import WbcError
+from wbc_deploy.pipeline.gallery import GalleryCollector
+from wbc_deploy.pipeline.inputs import discover_inputs, slide_name
+from wbc_deploy.pipeline.plan import Resolution, choose_crop_level, choose_resolution, plan_tiles, tissue_mask
+from wbc_deploy.pipeline.store import AtomicWriter, ProgressStore, StoredCell
+from wbc_deploy.pipeline.truth import match_points
+
+
+def test_tiles_partition_the_image_and_pads_add_the_overlap():
+    size, tile, overlap = (1000, 700), 256, 40
+    tiles, total = plan_tiles(size, tile, overlap)
+    assert total == 4 * 3 and [t.index for t in tiles] == list(range(12))
+    rng = np.random.default_rng(0)
+    pts = np.concatenate([rng.uniform(0, 1, (2000, 2)) * size, [[255.999, 256.0], [256.0, 255.5], [0, 0], [999.9, 699.9]]])
+    for x, y in pts:
+        owners = [t for t in tiles if t.owns(x, y)]
+        assert len(owners) == 1, (x, y, owners)
+    for t in tiles:
+        x0, y0, x1, y1 = t.core
+        assert t.pad == (max(0, x0 - overlap), max(0, y0 - overlap), min(1000, x1 + overlap), min(700, y1 + overlap))
+
+
+def test_tiles_without_tissue_are_skipped_and_keep_their_grid_index():
+    mask = np.zeros((70, 100), bool)  # mask px = detection px / 10
+    mask[5:10, 80:90] = True  # tissue only near detection (800..900, 50..100): tile (3, 0)
+    tiles, total = plan_tiles((1000, 700), 256, 8, mask, (0.1, 0.1))
+    assert total == 12
+    assert [t.index for t in tiles] == [3]
+
+
+def test_choose_resolution_prefers_pyramid_levels_then_block_averages():
+    r = choose_resolution(0.25, [1.0, 4.0, 16.0], 1.0)
+    assert (r.level, r.factor, r.mpp) == (1, 1, 1.0)
+    r = choose_resolution(0.25, [1.0], 1.0)
+    assert (r.level, r.factor, r.mpp) == (0, 4, 1.0)
+    r = choose_resolution(0.074, [1.0], 0.5)
+    assert (r.level, r.factor) == (0, 7) and r.mpp == pytest.approx(0.518)
+    r = choose_resolution(0.5, [1.0, 4.0], 1.0)
+    assert (r.level, r.factor, r.mpp) == (0, 2, 1.0)
+    r = choose_resolution(2.0, [1.0], 1.0)  # coarser than asked: used as it is
+    assert (r.level, r.factor, r.mpp) == (0, 1, 2.0)
+
+
+def test_resolution_coordinates_round_trip():
+    r = Resolution(level=1, level_downsample=4.0, factor=2, mpp=2.0)
+    assert r.to_level0(0, 0) == (3.5, 3.5)  # detection pixel 0 covers level-0 pixels 0..7
+    x, y = r.from_level0(*r.to_level0(12.25, 7.5))
+    assert (x, y) == pytest.approx((12.25, 7.5))
+
+
+def test_crop_level_is_the_coarsest_with_enough_pixels_over_the_field():
+    c = choose_crop_level(0.25, [1.0, 4.0], 24.0, 64)  # needs <= 0.375 um/px
+    assert (c.level, c.side) == (0, 96)
+    c = choose_crop_level(0.25, [1.0, 4.0], 24.0, 16)  # needs <= 1.5 um/px
+    assert (c.level, c.side) == (1, 24)
+    c = choose_crop_level(0.5, [1.0, 4.0], 24.0, 224)  # too coarse everywhere: level 0, upsampled
+    assert (c.level, c.side) == (0, 48)
+
+
+def test_tissue_mask_separates_smear_from_glass():
+    thumb = np.full((40, 60, 3), (235, 232, 230), np.uint8)
+    thumb[10:30, 20:50] = (200, 120, 130)  # smear
+    mask, bg = tissue_mask(thumb)
+    assert mask[10:30, 20:50].all() and not mask[:10].any() and not mask[:, :20].any()
+    assert bg == pytest.approx((235, 232, 230), abs=1)
+
+
+def test_gallery_keeps_k_most_and_least_confident_per_class():
+    rng = random.Random(0)
+    col = GalleryCollector(k=4)
+    cells = []
+    for i in range(1, 301):
+        label = rng.choice(["neutrophil", "lymphocyte"])
+        conf = round(rng.uniform(0.2, 1.0), 2)  # ties on purpose
+        cells.append((i, label, conf))
+        col.add(i, label, conf, float(i), float(i))
+    for label in ("neutrophil", "lymphocyte"):
+        mine = [(c, i) for i, lab, c in cells if lab == label]
+        top = sorted(mine, key=lambda t: (-t[0], t[1]))[:4]
+        bottom = sorted(mine, key=lambda t: (t[0], t[1]))[:4]
+        assert [(e.confidence, e.cell_id) for e in col.most_confident(label)] == top
+        assert [(e.confidence, e.cell_id) for e in col.least_confident(label)] == bottom
+        assert len(col.entries(label)) == 8
+
+
+def test_match_points_is_one_to_one_within_the_radius():
+    found = np.array([[0.0, 0.0], [1.0, 0.0], [50.0, 50.0]])
+    truth = np.array([[0.5, 0.0], [100.0, 100.0]])
+    assert match_points(found, truth, 2.0) in ([(0, 0)], [(1, 0)])
+    assert match_points(found, truth, 0.1) == []
+    assert match_points(found[:0], truth, 5.0) == []
+
+
+def test_store_resumes_after_a_torn_line_and_refuses_other_settings(tmp_path):
+    store = ProgressStore(tmp_path, "s1")
+    store.start({"model": "a", "batch": 8})
+    cell = StoredCell(x=1.5, y=2.5, area_um2=40.0, probs=[0.25, 0.75], outline=[[0, 0], [1, 0], [1, 1], [0, 0]])
+    store.append(0, [cell])
+    store.append(3, [])
+    store.close()
+    with open(store.tiles_path, "a") as fh:
+        fh.write('{"t": 5, "c": [[1')  # the process died mid-write
+    again = ProgressStore(tmp_path, "s1")
+    assert again.resume({"model": "a", "batch": 8}, "s1") == [0, 3]
+    again.append(5, [cell])
+    again.close()
+    assert [t for t, _ in again.iter_cells()] == [0, 5]
+    assert list(again.iter_cells())[0][1] == cell
+    with pytest.raises(WbcError, match="different model"):
+        ProgressStore(tmp_path, "s1").resume({"model": "b", "batch": 8}, "s1")
+    again.discard()
+    assert not again.dir.exists()
+
+
+def test_atomic_writer_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.csv"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError):
+        with AtomicWriter(target) as fh:
+            fh.write("half")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+def test_discover_inputs_recurses_sorted_and_keeps_missing_paths(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    for rel in ("b/z.svs", "a.png", "b/y.tiff", ".hidden/x.svs", "notes.txt", "b/.tmp.png"):
+        (tmp_path / rel).write_bytes(b"x")
+    missing = tmp_path / "gone.ndpi"
+    got = discover_inputs([tmp_path, missing, tmp_path / "a.png"])
+    assert got == [tmp_path / "a.png", tmp_path / "b/y.tiff", tmp_path / "b/z.svs", missing]
+    assert slide_name(tmp_path / "b/y.tiff") == "y"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WbcError, match="no slides"):
+        discover_inputs([tmp_path / "empty"])
+
+
+def test_store_lines_are_json_in_tile_order(tmp_path):
+    store = ProgressStore(tmp_path, "s")
+    store.start({})
+    for t in (2, 7, 9):
+        store.append(t, [])
+    store.close()
+    lines = store.tiles_path.read_text().splitlines()
+    assert [json.loads(line)["t"] for line in lines] == [2, 7, 9]

@@ -1,0 +1,101 @@
+"""`wbc-deploy count`: stream whole-slide images (or plain images) into per-cell and per-slide differential counts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .app import app
+
+_EPILOG = (
+    "Outputs in --out: <slide>.cells.csv (one row per WBC), summary.csv (one row per slide: counts, differential, "
+    "status), and with --geojson <slide>.geojson (QuPath detections), with --truth <slide>.truth_comparison.csv, with "
+    "--gallery <slide>.gallery.<class>.png and <slide>.report.html. "
+    "Exit codes: 0 every slide counted; 2 bad model or options (nothing written); 3 some slides failed "
+    "(status=error and the reason in summary.csv; the others were counted); 130 interrupted (rerun with --resume)."
+)
+
+
+@app.command("count", epilog=_EPILOG)
+def count_command(
+    inputs: list[Path] = typer.Argument(..., help="Slides, images, or folders (searched recursively for known extensions)."),
+    model: Path = typer.Option(..., "--model", "-m", help="Exported .onnx model, TensorRT .engine, or a training RUN directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    backend: str = typer.Option(None, "--backend", help="ort, trt or torch (default: from the model file's type)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Cell crops per inference batch."),
+    workers: int = typer.Option(None, "--workers", help="Reading/segmentation workers (default: one per CPU core, at most 8)."),
+    executor: str = typer.Option("thread", "--executor", help="Worker kind: thread or process."),
+    mpp: float = typer.Option(None, "--mpp", help="Microns per level-0 pixel, overriding the slide's (default: the slide's, "
+                                                   "else estimated from red cells)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue interrupted slides from their last finished tiles; skip finished slides."),
+    geojson: bool = typer.Option(False, "--geojson", help="Also write <slide>.geojson (QuPath detections with class and outline)."),
+    gallery: bool = typer.Option(False, "--gallery", help="Also write per-class review galleries and a slide report."),
+    gallery_k: int = typer.Option(16, "--gallery-k", help="Cells per gallery section (most and least confident)."),
+    truth: bool = typer.Option(False, "--truth", help="Compare with <slide>.truth.csv beside each slide (x,y,label)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables (summary.csv is still written)."),
+) -> None:
+    """Count the white blood cells of slides into a differential (per-cell and per-slide CSVs)."""
+    from ..console import console
+    from ..pipeline import CountOptions, count_slides
+    from ..pipeline.options import default_workers
+
+    options = CountOptions(
+        backend=backend, batch_size=batch_size, workers=workers if workers is not None else default_workers(),
+        executor=executor, mpp=mpp, resume=resume, geojson=geojson, gallery=gallery, gallery_k=gallery_k,
+        truth=truth, quiet=quiet,
+    )
+    run = count_slides(inputs, model, out, options)
+    if not quiet:
+        print_run(run, console)
+    if run.exit_code:
+        raise typer.Exit(code=run.exit_code)
+
+
+def print_run(run, console) -> None:
+    """The end-of-run tables: one row per slide (counts and differential), then truth comparisons."""
+    from rich.table import Table
+
+    from ..classes import SHORT
+
+    classes = run.classes
+    table = Table(title=f"WBC differential ({run.summary_path})", title_justify="left")
+    table.add_column("slide", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("WBCs", justify="right")
+    for c in classes:
+        table.add_column(f"{SHORT.get(c, c)} %", justify="right")
+    table.add_column("mean conf", justify="right")
+    table.add_column("s", justify="right")
+    table.add_column("mpp", justify="right")
+    for r in run.slides:
+        ok = r.status == "ok"
+        pct = r.percentages(classes)
+        status = {"ok": "[green]ok[/green]", "error": "[red]error[/red]"}.get(r.status, f"[yellow]{r.status}[/yellow]")
+        table.add_row(
+            r.slide, status, str(r.n_wbc) if ok else "",
+            *[f"{pct[c]:.1f}" if ok else "" for c in classes],
+            f"{r.mean_confidence:.3f}" if ok and r.mean_confidence is not None else "",
+            f"{r.seconds:.1f}" if r.seconds else "",
+            (f"{r.mpp:.3f}" + ("*" if r.mpp_source == "estimated" else "")) if r.mpp else "",
+        )
+    console.print(table)
+    for r in run.slides:
+        if r.error:
+            console.print(f"[red]{r.slide}[/red]: {r.error}", highlight=False)
+    if any(r.mpp_source == "estimated" for r in run.slides):
+        console.print("* microns per pixel estimated from red cells", highlight=False)
+    for r in run.slides:
+        t = r.truth
+        if t is None:
+            continue
+        tt = Table(title=f"{r.slide}: counted vs truth (match within 5 um)", title_justify="left")
+        for col in ("class", "truth", "truth %", "counted", "counted %", "diff %"):
+            tt.add_column(col, justify="left" if col == "class" else "right")
+        nt = sum(t.truth_counts.values()) or 1
+        nc = sum(t.counted.values()) or 1
+        for c in classes:
+            tp, cp = 100 * t.truth_counts.get(c, 0) / nt, 100 * t.counted.get(c, 0) / nc
+            tt.add_row(c, str(t.truth_counts.get(c, 0)), f"{tp:.1f}", str(t.counted.get(c, 0)), f"{cp:.1f}", f"{cp - tp:+.1f}")
+        console.print(tt)
+        console.print(f"detection: recall {t.recall:.3f}, precision {t.precision:.3f} ({t.n_matched} of {t.n_truth} true WBCs "
+                      f"found, {t.n_detected} detections); class agreement on matched cells {t.accuracy:.3f}", highlight=False)

@@ -1,0 +1,225 @@
+"""The per-tile work of the scan, run by reading/segmentation workers (threads or processes).
+
+``scan_tile`` reads a tile's pad box at the detection level, segments its WBCs, keeps the cells
+whose centroid lies in the tile's core, and reads each kept cell's crop at full resolution (only
+around candidates), resized to the model's input. Workers keep one open reader per slide.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.measure import approximate_polygon, find_contours
+
+from ..preprocess import resize_rgb
+from ..segment import SegmentParams, segment_wbcs
+from ..segment.stain import densities, estimate_background
+from .plan import CropGeometry, Resolution, ScanPlan, Tile
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One WBC found by the scan: level-0 centre, area and outline (level-0 polygon, closed)."""
+
+    x: float
+    y: float
+    area_um2: float
+    outline: tuple[tuple[float, float], ...] = ()
+
+
+@dataclass
+class TileResult:
+    """What a worker returns for one tile: its cells in raster order and their model-size crops."""
+
+    index: int
+    cells: list[Detection]
+    crops: np.ndarray  # N x S x S x 3 uint8, resized to the model's input size
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SlideJob:
+    """What a worker needs to know about a slide (small and picklable: no reader, no tile list)."""
+
+    path: str
+    plan: ScanPlan
+    params: SegmentParams
+
+
+def block_mean(rgb: np.ndarray, factor: int) -> np.ndarray:
+    """Average ``factor`` x ``factor`` pixel blocks of an RGB uint8 image (its size a multiple of factor)."""
+    if factor == 1:
+        return rgb
+    h, w = rgb.shape[0] // factor, rgb.shape[1] // factor
+    blocks = rgb[: h * factor, : w * factor].reshape(h, factor, w, factor, 3).astype(np.uint32).sum(axis=(1, 3))
+    n = factor * factor
+    return ((blocks + n // 2) // n).astype(np.uint8)
+
+
+def read_level(reader, level: int, x: int, y: int, w: int, h: int, fill: tuple[float, float, float] | None = None) -> np.ndarray:
+    """RGB uint8 region of pyramid ``level`` at level pixels (x, y), size (w, h); outside the slide is ``fill``.
+
+    ``fill`` defaults to white glass. Only the part inside the slide is read.
+    """
+    lw, lh = reader.level_dimensions[level]
+    ds = float(reader.level_downsamples[level])
+    out = np.empty((h, w, 3), np.uint8)
+    out[:] = np.asarray(fill if fill is not None else (255, 255, 255), dtype=np.float64).round().astype(np.uint8)
+    x0, y0 = max(0, x), max(0, y)
+    x1, y1 = min(lw, x + w), min(lh, y + h)
+    if x1 <= x0 or y1 <= y0:
+        return out
+    region = np.asarray(reader.read_region((int(round(x0 * ds)), int(round(y0 * ds))), level, (x1 - x0, y1 - y0)))
+    out[y0 - y : y1 - y, x0 - x : x1 - x] = region[..., :3]
+    return out
+
+
+def read_at(reader, res: Resolution, box: tuple[int, int, int, int], fill=None) -> np.ndarray:
+    """The image at resolution ``res`` over ``box`` (x0, y0, x1, y1 in ``res`` pixels): read, then block-averaged."""
+    x0, y0, x1, y1 = box
+    f = res.factor
+    rgb = read_level(reader, res.level, x0 * f, y0 * f, (x1 - x0) * f, (y1 - y0) * f, fill)
+    return block_mean(rgb, f)
+
+
+def read_crop(reader, crop: CropGeometry, x: float, y: float, fill: tuple[float, float, float] | None) -> np.ndarray:
+    """The square field of view centred on level-0 (x, y), resized to the model's input size (RGB uint8)."""
+    ds = crop.downsample
+    cx, cy = (x + 0.5) / ds - 0.5, (y + 0.5) / ds - 0.5
+    half = crop.side / 2.0
+    left, top = int(round(cx - half + 0.5)), int(round(cy - half + 0.5))
+    rgb = read_level(reader, crop.level, left, top, crop.side, crop.side, fill)
+    return resize_rgb(rgb, crop.input_size)
+
+
+def _outline(labels: np.ndarray, cell_id: int, bbox: tuple[int, int, int, int]) -> list[tuple[float, float]]:
+    """Closed polygon (x, y in the labels' pixel frame) around one labelled cell, simplified to 0.5 px."""
+    x0, y0, x1, y1 = bbox
+    mask = np.zeros((y1 - y0 + 2, x1 - x0 + 2), np.float32)
+    mask[1:-1, 1:-1] = labels[y0:y1, x0:x1] == cell_id
+    contours = find_contours(mask, 0.5)
+    if not contours:
+        return []
+    contour = max(contours, key=len)
+    contour = approximate_polygon(contour, tolerance=0.5)
+    pts = [(float(c) + x0 - 1, float(r) + y0 - 1) for r, c in contour]
+    if pts and pts[0] != pts[-1]:
+        pts.append(pts[0])
+    return pts
+
+
+def candidate_windows(rgb: np.ndarray, plan: ScanPlan, params: SegmentParams) -> tuple[np.ndarray, list[tuple[slice, slice]]]:
+    """Coarse pass over a detection-resolution image: (window label map, window slices).
+
+    Candidate chromatin is nucleus-stain density above ``plan.candidate_od``; pixels within one
+    pixel fuse (the lobes of one nucleus), and groups with at least ``candidate_min_px`` chromatin
+    pixels are candidate nuclei. Each grows by ``margin_px``; overlapping grown candidates form one
+    window. Window k owns the pixels labelled k.
+    """
+    bg = plan.background if plan.background is not None else estimate_background(rgb)
+    nuc = densities(rgb, bg, params)[0]
+    chromatin = nuc > plan.candidate_od
+    if not chromatin.any():
+        return np.zeros(chromatin.shape, np.int32), []
+    fused = ndi.binary_dilation(chromatin, structure=np.ones((3, 3), bool))
+    lab, n = ndi.label(fused)
+    area = ndi.sum_labels(chromatin, lab, np.arange(1, n + 1))
+    keep = np.zeros(n + 1, bool)
+    keep[1:] = area >= plan.candidate_min_px
+    if not keep.any():
+        return np.zeros(chromatin.shape, np.int32), []
+    grown = ndi.maximum_filter(keep[lab].view(np.uint8), size=2 * plan.margin_px + 1) > 0
+    windows, _ = ndi.label(grown)
+    return windows, [sl for sl in ndi.find_objects(windows) if sl is not None]
+
+
+def scan_tile(reader, job: SlideJob, tile: Tile) -> TileResult:
+    """Read, detect and crop one tile (see the module docstring); coordinates in the result are level 0.
+
+    The tile's pad box is read at the detection resolution and candidate windows are found there
+    (:func:`candidate_windows`); each window is read at the refinement resolution and segmented
+    (:func:`wbc_deploy.segment.segment_wbcs`). A cell is kept if its centroid lies in the tile's core
+    and in its own window's area (so a cell seen by two overlapping window boxes counts once).
+    """
+    plan = job.plan
+    det, ref = plan.detect, plan.refine
+    t0 = time.perf_counter()
+    rgb = read_at(reader, det, tile.pad, plan.background)
+    t1 = time.perf_counter()
+    read_s = t1 - t0
+    windows, slices = candidate_windows(rgb, plan, job.params)
+    px, py = tile.pad[0], tile.pad[1]
+    scale = det.ds / ref.ds  # refinement px per detection px
+    found: list[tuple[float, float, Detection]] = []
+    cx0, cy0, cx1, cy1 = (tile.core[0] - px, tile.core[1] - py, tile.core[2] - px, tile.core[3] - py)
+    for k, (sy, sx) in enumerate(slices, start=1):
+        # A window is its nuclei grown by more than a WBC radius: one that misses the core holds no owned cell.
+        if sx.stop <= cx0 or sx.start >= cx1 or sy.stop <= cy0 or sy.start >= cy1:
+            continue
+        # window box in refinement px (slide frame)
+        rx0, ry0 = int(math.floor((sx.start + px) * scale)), int(math.floor((sy.start + py) * scale))
+        rx1, ry1 = int(math.ceil((sx.stop + px) * scale)), int(math.ceil((sy.stop + py) * scale))
+        tr = time.perf_counter()
+        win = read_at(reader, ref, (rx0, ry0, rx1, ry1), plan.background)
+        read_s += time.perf_counter() - tr
+        seg = segment_wbcs(win, ref.mpp, job.params)
+        for cell in seg.cells:
+            x0, y0 = ref.to_level0(cell.x + rx0, cell.y + ry0)
+            dx, dy = det.from_level0(x0, y0)
+            if not tile.owns(dx, dy):
+                continue
+            wy, wx = int(round(dy)) - py, int(round(dx)) - px
+            if not (0 <= wy < windows.shape[0] and 0 <= wx < windows.shape[1]) or windows[wy, wx] != k:
+                continue
+            outline = tuple(tuple(round(v, 1) for v in ref.to_level0(ox + rx0, oy + ry0))
+                            for ox, oy in _outline(seg.labels, cell.cell_id, cell.bbox))
+            found.append((dy, dx, Detection(x=round(x0, 1), y=round(y0, 1), area_um2=round(cell.area_um2, 2), outline=outline)))
+    found.sort(key=lambda t: (t[0], t[1]))
+    cells = [d for _, _, d in found]
+    t2 = time.perf_counter()
+    s = plan.crop.input_size
+    crops = np.empty((len(cells), s, s, 3), np.uint8)
+    for i, c in enumerate(cells):
+        crops[i] = read_crop(reader, plan.crop, c.x, c.y, plan.background)
+    t3 = time.perf_counter()
+    return TileResult(index=tile.index, cells=cells, crops=crops,
+                      seconds={"read": read_s, "detect": (t2 - t1) - (read_s - (t1 - t0)), "crop": t3 - t2})
+
+
+# --------------------------------------------------------------------------- worker processes
+
+#: In a worker process: (path, open reader) of the slide being scanned. Thread workers share the
+#: engine's reader instead (OpenSlide and the plain-image reader are safe to read from many threads).
+_process_reader: tuple[str, object] | None = None
+
+
+def _reader_for(path: str):
+    """This process's open reader for ``path``; the previous slide's reader is closed."""
+    global _process_reader
+    from ..slide.reader import open_slide
+
+    if _process_reader is not None and _process_reader[0] == path:
+        return _process_reader[1]
+    if _process_reader is not None:
+        try:
+            _process_reader[1].close()
+        except Exception:  # noqa: BLE001 - closing a reader must never fail a run
+            pass
+    _process_reader = None
+    reader = open_slide(path)
+    _process_reader = (path, reader)
+    return reader
+
+
+def process_scan(job: SlideJob, tile: Tile) -> TileResult:
+    """Process-pool entry point: scan ``tile`` of ``job`` with this process's reader."""
+    return scan_tile(_reader_for(job.path), job, tile)
+
+
+def job_without_tiles(path: str | Path, plan: ScanPlan, params: SegmentParams) -> SlideJob:
+    """A SlideJob whose plan carries no tile list (what is shipped to worker processes)."""
+    return SlideJob(path=str(path), plan=replace(plan, tiles=[]), params=params)

@@ -1,0 +1,109 @@
+"""Options of a count run and the constants that define the scan (documented, physical units)."""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import WbcError
+
+#: The scan's coarse pass (finding candidate nuclei) runs at the coarsest resolution no coarser than
+#: this (um/px): the coarsest pyramid level within it is read, and finer pixels (plain images,
+#: slides without such a level) are block-averaged in memory. A 4x pyramid of a 0.25 um/px scan has
+#: its level 1 at 1.0 um/px, so the coarse pass reads 1/16 of the level-0 pixels; WBC nuclei
+#: (6-15 um) are still 6-15 px across there.
+DETECT_MPP: float = 1.0
+#: Candidates are segmented (colour deconvolution, markers, watershed) at this finer resolution,
+#: the segmenter's own working resolution (``SegmentParams.work_mpp``), reading full-resolution pixels
+#: only in windows around them. Coarser refinement loses touching WBC pairs (measured on synthetic
+#: slides: 29/30 found at 0.5 um/px, 30/30 at 0.25; 37/40 vs 39/40) for ~30% less detection time.
+REFINE_MPP: float = 0.25
+#: Coarse pass: nucleus-stain density (OD) above which a pixel is candidate chromatin, and the least
+#: chromatin area (um^2, lobes within ~1 px fused) a candidate nucleus has (platelets are smaller).
+CANDIDATE_OD: float = 0.12
+CANDIDATE_MIN_UM2: float = 6.0
+#: Refinement windows extend this far around a candidate nucleus (cytoplasm + context).
+WINDOW_MARGIN_UM: float = 12.0
+#: Core (owned area) of a detection tile, micrometres: 1024 um = 1024 px at 1 um/px.
+TILE_UM: float = 1024.0
+#: Overlap added on every side of a tile core. Wider than the largest WBC (a ~22 um monocyte), so a
+#: cell whose centroid lies in a core is whole inside its padded tile.
+OVERLAP_UM: float = 32.0
+#: Thumbnail resolution for the tissue/background mask (um/px), and its largest side in pixels.
+MASK_MPP: float = 8.0
+MASK_MAX_PX: int = 4096
+#: Crops kept per class and per end (most and least confident) for --gallery.
+GALLERY_K: int = 16
+#: Detections match a true cell when their centres are within this distance (--truth).
+MATCH_UM: float = 5.0
+
+EXECUTORS = ("thread", "process")
+
+
+def default_workers() -> int:
+    """Reading/segmentation workers: one per core, at least 1, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+@dataclass
+class CountOptions:
+    """Everything that configures :func:`wbc_deploy.pipeline.count_slides`.
+
+    Fields that change results (mpp, batch size, scan geometry) are part of the settings hash that
+    guards ``--resume``; ``workers``, ``executor``, ``quiet`` and the hooks do not change results.
+    """
+
+    backend: str | None = None
+    batch_size: int = 64
+    workers: int = field(default_factory=default_workers)
+    executor: str = "thread"
+    mpp: float | None = None
+    resume: bool = False
+    geojson: bool = False
+    gallery: bool = False
+    gallery_k: int = GALLERY_K
+    truth: bool = False
+    quiet: bool = False
+    detect_mpp: float = DETECT_MPP
+    refine_mpp: float = REFINE_MPP
+    tile_um: float = TILE_UM
+    overlap_um: float = OVERLAP_UM
+    #: Extra keyword arguments for :func:`wbc_deploy.runtime.open_backend` (e.g. ``intra_op_threads``).
+    backend_options: dict = field(default_factory=dict)
+    #: Library hook, called after each tile is committed to the progress store with
+    #: (slide name, number of tiles committed so far for that slide). Raising from it stops the run
+    #: as an interruption would (tests use it to simulate a killed run).
+    tile_hook: Callable[[str, int], None] | None = None
+
+    def validate(self) -> None:
+        """Raise WbcError naming the first bad option."""
+        if int(self.batch_size) < 1:
+            raise WbcError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if int(self.workers) < 1:
+            raise WbcError(f"--workers must be at least 1, got {self.workers}")
+        if self.executor not in EXECUTORS:
+            raise WbcError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if self.mpp is not None and not (math.isfinite(self.mpp) and 0.01 <= self.mpp <= 10.0):
+            raise WbcError(f"--mpp must be micrometres per pixel between 0.01 and 10 (e.g. 0.25 for a 40x scan), got {self.mpp}")
+        if int(self.gallery_k) < 1:
+            raise WbcError(f"gallery size must be at least 1, got {self.gallery_k}")
+        if not (0.1 <= self.detect_mpp <= 4.0):
+            raise WbcError(f"detection resolution must be 0.1-4 um/px, got {self.detect_mpp}")
+        if not (0.05 <= self.refine_mpp <= self.detect_mpp):
+            raise WbcError(f"refinement resolution must be 0.05 um/px up to the detection resolution, got {self.refine_mpp}")
+        if self.overlap_um < 25.0:
+            raise WbcError(f"tile overlap must be wider than the largest WBC (>= 25 um), got {self.overlap_um}")
+        if self.tile_um < 4 * self.overlap_um:
+            raise WbcError(f"tile size must be at least 4x the overlap ({4 * self.overlap_um} um), got {self.tile_um}")
+
+    def result_settings(self) -> dict:
+        """The options that change the cells found or their probabilities (for the resume guard)."""
+        return {
+            "batch_size": int(self.batch_size),
+            "mpp_option": self.mpp,
+            "detect_mpp": float(self.detect_mpp),
+            "refine_mpp": float(self.refine_mpp),
+            "tile_um": float(self.tile_um),
+            "overlap_um": float(self.overlap_um),
+        }

@@ -1,0 +1,150 @@
+"""Output files of a count run: cells.csv, summary.csv, GeoJSON and the truth comparison (all atomic)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from ..classes import COLOURS
+from .result import SlideResult, TruthComparison
+from .store import AtomicWriter, StoredCell, atomic_write_text
+
+SUMMARY_NAME = "summary.csv"
+REQUIRED_SUMMARY = ("slide", "status", "error", "n_wbc")
+SUMMARY_TAIL = ("mean_confidence", "seconds", "backend")
+#: Extra summary columns after the required ones.
+SUMMARY_EXTRAS = ("mpp", "mpp_source", "tiles_total", "tiles_scanned", "truth_n", "detection_recall", "detection_precision")
+
+
+def cells_header(classes: list[str]) -> list[str]:
+    """cells.csv columns: ``cell_id,x,y,area_um2,label,confidence`` then ``p_<class>`` per class."""
+    return ["cell_id", "x", "y", "area_um2", "label", "confidence", *[f"p_{c}" for c in classes]]
+
+
+def summary_header(classes: list[str]) -> list[str]:
+    """summary.csv columns: required, counts, differential, timing/backend, then the extras."""
+    return [*REQUIRED_SUMMARY, *[f"n_{c}" for c in classes], *[f"pct_{c}" for c in classes], *SUMMARY_TAIL, *SUMMARY_EXTRAS]
+
+
+def label_of(probs: list[float], classes: list[str]) -> tuple[str, float]:
+    """Predicted class (first maximum) and its probability."""
+    i = int(np.argmax(probs))
+    return classes[i], float(probs[i])
+
+
+def write_cells_csv(path: Path, cells: Iterable[StoredCell], classes: list[str]) -> tuple[dict[str, int], float | None]:
+    """Stream ``cells`` (in their final order) to ``path`` atomically, ids 1..n; returns (counts, mean confidence)."""
+    counts = {c: 0 for c in classes}
+    conf_sum, n = 0.0, 0
+    with AtomicWriter(path) as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(cells_header(classes))
+        for cell in cells:
+            n += 1
+            label, conf = label_of(cell.probs, classes)
+            counts[label] += 1
+            conf_sum += conf
+            w.writerow([n, f"{cell.x:.1f}", f"{cell.y:.1f}", f"{cell.area_um2:.2f}", label, f"{conf:.6f}",
+                        *[f"{p:.6f}" for p in cell.probs]])
+    return counts, (conf_sum / n if n else None)
+
+
+def _rgb(colour: str) -> list[int]:
+    h = colour.lstrip("#")
+    return [int(h[i : i + 2], 16) for i in (0, 2, 4)]
+
+
+def write_geojson(path: Path, cells: Iterable[StoredCell], classes: list[str]) -> int:
+    """A GeoJSON FeatureCollection QuPath imports as detections (polygon outline, or a point if none).
+
+    Each feature: ``properties.objectType = "detection"``, ``classification = {name, color: [r, g, b]}``,
+    ``measurements`` (confidence, area). Coordinates are level-0 pixels. Streamed, written atomically.
+    """
+    n = 0
+    with AtomicWriter(path) as fh:
+        fh.write('{"type":"FeatureCollection","features":[\n')
+        for cell in cells:
+            label, conf = label_of(cell.probs, classes)
+            ring = [[float(x), float(y)] for x, y in cell.outline]
+            if len(ring) >= 4:
+                geometry = {"type": "Polygon", "coordinates": [ring]}
+            else:
+                geometry = {"type": "Point", "coordinates": [cell.x, cell.y]}
+            n += 1
+            feature = {
+                "type": "Feature",
+                "id": f"wbc-{n}",
+                "geometry": geometry,
+                "properties": {
+                    "objectType": "detection",
+                    "name": f"{label} {n}",
+                    "classification": {"name": label, "color": _rgb(COLOURS.get(label, "#808080"))},
+                    "isLocked": False,
+                    "measurements": {"cell_id": n, "confidence": round(conf, 6), "area_um2": cell.area_um2,
+                                     **{f"p_{c}": round(float(p), 6) for c, p in zip(classes, cell.probs)}},
+                },
+            }
+            fh.write(("," if n > 1 else "") + json.dumps(feature, separators=(",", ":")) + "\n")
+        fh.write("]}\n")
+    return n
+
+
+def _fmt(v: float | None, digits: int) -> str:
+    return "" if v is None else f"{v:.{digits}f}"
+
+
+def summary_row(r: SlideResult, classes: list[str]) -> list[str]:
+    """One summary.csv row (same column order as :func:`summary_header`)."""
+    ok = r.status == "ok"
+    pct = r.percentages(classes)
+    t = r.truth
+    return [
+        r.slide, r.status, " ".join(r.error.split()), str(r.n_wbc) if ok else "",
+        *[str(r.counts.get(c, 0)) if ok else "" for c in classes],
+        *[f"{pct[c]:.2f}" if ok else "" for c in classes],
+        _fmt(r.mean_confidence, 4) if ok else "", f"{r.seconds:.2f}" if r.seconds else "", r.backend,
+        _fmt(r.mpp, 4), r.mpp_source, str(r.tiles_total) if r.tiles_total else "", str(r.tiles_scanned) if r.tiles_total else "",
+        str(t.n_truth) if t else "", _fmt(t.recall, 4) if t else "", _fmt(t.precision, 4) if t else "",
+    ]
+
+
+def write_summary(path: Path, results: list[SlideResult], classes: list[str]) -> None:
+    """Rewrite summary.csv atomically with one row per slide."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(summary_header(classes))
+    for r in results:
+        w.writerow(summary_row(r, classes))
+    atomic_write_text(path, buf.getvalue())
+
+
+def write_truth_comparison(path: Path, cmp: TruthComparison, classes: list[str]) -> None:
+    """Truth vs counted per class (count and %), then an ``all`` row and a ``detection`` row, atomically.
+
+    Per class: ``correct_n`` true cells of the class detected and labelled with it; ``recall`` =
+    correct_n / truth_n, ``precision`` = correct_n / counted_n. ``all``: the same over every class.
+    ``detection``: class-blind, ``correct_n`` = detections matched to a true cell within MATCH_UM,
+    with detection recall and precision.
+    """
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["class", "truth_n", "truth_pct", "counted_n", "counted_pct", "diff_pct", "correct_n", "recall", "precision"])
+    nt = sum(cmp.truth_counts.values())
+    nc = sum(cmp.counted.values())
+
+    def ratio(a: int, b: int) -> str:
+        return f"{a / b:.4f}" if b else ""
+
+    for c in classes:
+        t, k, ok = cmp.truth_counts.get(c, 0), cmp.counted.get(c, 0), cmp.correct.get(c, 0)
+        tp = 100.0 * t / nt if nt else 0.0
+        cp = 100.0 * k / nc if nc else 0.0
+        w.writerow([c, t, f"{tp:.2f}", k, f"{cp:.2f}", f"{cp - tp:+.2f}", ok, ratio(ok, t), ratio(ok, k)])
+    w.writerow(["all", nt, "100.00", nc, "100.00", "+0.00", cmp.n_correct, ratio(cmp.n_correct, nt), ratio(cmp.n_correct, nc)])
+    w.writerow(["detection", cmp.n_truth, "", cmp.n_detected, "", "", cmp.n_matched, ratio(cmp.n_matched, cmp.n_truth),
+                ratio(cmp.n_matched, cmp.n_detected)])
+    atomic_write_text(path, buf.getvalue())

@@ -1,0 +1,201 @@
+"""Scan geometry of one slide: detection level, tiles with overlap and ownership, tissue mask, crop level.
+
+Coordinates: *detection pixels* are pixels of the detection image (pyramid level ``level``, block-
+averaged in memory by ``factor``); one detection pixel covers ``det_ds`` level-0 pixels per side.
+A tile's *core* partitions the detection image; its *pad* box adds the overlap on every side and is
+what is read and segmented. A cell belongs to the tile whose core holds its centroid, so a cell on
+a seam is counted exactly once.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..segment.stain import estimate_background
+from .options import MASK_MAX_PX, MASK_MPP
+
+#: Glass vs smear on the thumbnail: total optical density (sum over channels, log10) above this.
+TISSUE_OD: float = 0.06
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One detection tile: ``core`` (owned) and ``pad`` (read) boxes, (x0, y0, x1, y1) half-open, detection px."""
+
+    index: int
+    core: tuple[int, int, int, int]
+    pad: tuple[int, int, int, int]
+
+    def owns(self, x: float, y: float) -> bool:
+        """Whether a centroid (detection px, slide frame) lies in this tile's core."""
+        x0, y0, x1, y1 = self.core
+        return x0 <= x < x1 and y0 <= y < y1
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """Where cell crops are read: pyramid level, its downsample and the crop side in that level's pixels."""
+
+    level: int
+    downsample: float
+    side: int
+    level_mpp: float
+    fov_um: float
+    input_size: int
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A working resolution: pyramid ``level`` block-averaged in memory by ``factor``."""
+
+    level: int
+    level_downsample: float
+    factor: int
+    mpp: float  # um per pixel of this resolution
+
+    @property
+    def ds(self) -> float:
+        """Level-0 pixels per pixel of this resolution."""
+        return self.level_downsample * self.factor
+
+    def to_level0(self, x: float, y: float) -> tuple[float, float]:
+        """Pixel coordinates (pixel-centre convention) at this resolution to level-0 coordinates."""
+        d = self.ds
+        return (x + 0.5) * d - 0.5, (y + 0.5) * d - 0.5
+
+    def from_level0(self, x: float, y: float) -> tuple[float, float]:
+        """Level-0 coordinates to pixel coordinates at this resolution."""
+        d = self.ds
+        return (x + 0.5) / d - 0.5, (y + 0.5) / d - 0.5
+
+
+@dataclass
+class ScanPlan:
+    """Everything a worker needs to read, detect and crop the tiles of one slide.
+
+    ``detect`` is the coarse pass's resolution (tiles, candidate nuclei), ``refine`` the resolution
+    candidates are segmented at, ``crop`` where model crops are read.
+    """
+
+    mpp: float
+    detect: Resolution
+    refine: Resolution
+    det_size: tuple[int, int]  # width, height in detection px
+    tile_px: int
+    overlap_px: int
+    margin_px: int  # refinement window margin, detection px
+    candidate_od: float
+    candidate_min_px: float  # least chromatin area of a candidate, detection px
+    crop: CropGeometry
+    background: tuple[float, float, float] | None
+    tiles: list[Tile] = field(default_factory=list)
+    tiles_total: int = 0
+
+    @property
+    def det_mpp(self) -> float:
+        return self.detect.mpp
+
+    def to_level0(self, x: float, y: float) -> tuple[float, float]:
+        """Detection-pixel coordinates to level-0 pixel coordinates."""
+        return self.detect.to_level0(x, y)
+
+    def describe(self) -> dict:
+        """Geometry as plain values (stored with the progress store, printed by the benchmark)."""
+        return {
+            "mpp": self.mpp, "detect_level": self.detect.level, "detect_factor": self.detect.factor,
+            "detect_mpp": self.detect.mpp, "refine_level": self.refine.level, "refine_factor": self.refine.factor,
+            "refine_mpp": self.refine.mpp, "det_size": list(self.det_size), "tile_px": self.tile_px,
+            "overlap_px": self.overlap_px, "margin_px": self.margin_px, "candidate_od": self.candidate_od,
+            "candidate_min_px": self.candidate_min_px, "tiles_total": self.tiles_total, "tiles_scanned": len(self.tiles),
+            "crop_level": self.crop.level, "crop_side": self.crop.side, "crop_level_mpp": self.crop.level_mpp,
+            "background": None if self.background is None else [round(v, 3) for v in self.background],
+        }
+
+
+def choose_resolution(mpp: float, downsamples: list[float], max_mpp: float) -> Resolution:
+    """The coarsest resolution no coarser than ``max_mpp`` (5% tolerance for scanners' rounded mpp).
+
+    The coarsest pyramid level within the limit is read; when it is finer than half the limit it is
+    block-averaged in memory by the largest integer factor that stays within it. A slide coarser
+    than the limit everywhere is used at level 0 as it is.
+    """
+    limit = max_mpp * 1.05
+    level = 0
+    for i, ds in enumerate(downsamples):
+        if mpp * ds <= limit and ds >= downsamples[level]:
+            level = i
+    level_mpp = mpp * downsamples[level]
+    factor = max(1, int(math.floor(limit / level_mpp + 1e-9)))
+    return Resolution(level=level, level_downsample=float(downsamples[level]), factor=factor, mpp=level_mpp * factor)
+
+
+def choose_crop_level(mpp: float, downsamples: list[float], fov_um: float, input_size: int) -> CropGeometry:
+    """The coarsest level that still has at least ``input_size`` pixels over ``fov_um`` (level 0 if none)."""
+    need = fov_um / float(input_size)
+    level = 0
+    for i, ds in enumerate(downsamples):
+        if mpp * ds <= need * 1.0001 and ds >= downsamples[level]:
+            level = i
+    ds = float(downsamples[level])
+    level_mpp = mpp * ds
+    side = max(1, int(round(fov_um / level_mpp)))
+    return CropGeometry(level=level, downsample=ds, side=side, level_mpp=level_mpp, fov_um=fov_um, input_size=int(input_size))
+
+
+def tissue_mask(thumb: np.ndarray, od_threshold: float = TISSUE_OD) -> tuple[np.ndarray, tuple[float, float, float] | None]:
+    """Smear (True) vs glass on an RGB thumbnail, and the glass colour (None if no glass is seen).
+
+    Total optical density relative to the brightest pixels (the glass) above ``od_threshold``.
+    """
+    rgb = np.asarray(thumb)[..., :3].astype(np.uint8)
+    if rgb.size == 0:
+        return np.zeros(rgb.shape[:2], bool), None
+    bg = estimate_background(rgb)
+    od = -np.log10((rgb.astype(np.float32) + 1.0) / (bg.astype(np.float32) + 1.0))
+    total = np.clip(od, 0, None).sum(axis=2)
+    mask = total > od_threshold
+    has_glass = float(bg.min()) >= 120 and not bool(mask.all())
+    return mask, (tuple(float(v) for v in bg) if has_glass else None)
+
+
+def thumbnail_size(dimensions: tuple[int, int], mpp: float) -> int:
+    """Longest side (px) of the mask thumbnail: about MASK_MPP um/px, between 64 and MASK_MAX_PX."""
+    longest_um = max(dimensions) * mpp
+    return int(min(MASK_MAX_PX, max(64, math.ceil(longest_um / MASK_MPP))))
+
+
+def plan_tiles(det_size: tuple[int, int], tile_px: int, overlap_px: int,
+               mask: np.ndarray | None = None, mask_scale: tuple[float, float] = (1.0, 1.0)) -> tuple[list[Tile], int]:
+    """Tiles in raster order over a detection image; those whose pad box holds no tissue are skipped.
+
+    ``mask_scale`` is (mask px per detection px in x, in y). Returns (kept tiles, total tile count);
+    kept tiles keep their index in the full grid.
+    """
+    width, height = det_size
+    nx = max(1, math.ceil(width / tile_px))
+    ny = max(1, math.ceil(height / tile_px))
+    tiles: list[Tile] = []
+    for ty in range(ny):
+        for tx in range(nx):
+            x0, y0 = tx * tile_px, ty * tile_px
+            x1, y1 = min(width, x0 + tile_px), min(height, y0 + tile_px)
+            pad = (max(0, x0 - overlap_px), max(0, y0 - overlap_px), min(width, x1 + overlap_px), min(height, y1 + overlap_px))
+            if mask is not None and mask.size:
+                sx, sy = mask_scale
+                mx0, my0 = int(math.floor(pad[0] * sx)), int(math.floor(pad[1] * sy))
+                mx1, my1 = int(math.ceil(pad[2] * sx)), int(math.ceil(pad[3] * sy))
+                if not mask[my0:max(my1, my0 + 1), mx0:max(mx1, mx0 + 1)].any():
+                    continue
+            tiles.append(Tile(index=ty * nx + tx, core=(x0, y0, x1, y1), pad=pad))
+    return tiles, nx * ny
+
+
+def dilate_mask(mask: np.ndarray, radius_px: float) -> np.ndarray:
+    """Grow the tissue mask by ``radius_px`` thumbnail pixels (so cells at the smear's edge are kept)."""
+    r = int(math.ceil(radius_px))
+    if r < 1 or not mask.any():
+        return mask
+    return ndi.binary_dilation(mask, iterations=r)
