@@ -17,7 +17,8 @@ from skimage.measure import approximate_polygon, find_contours
 
 from ..preprocess import resize_rgb
 from ..segment import SegmentParams, segment_wbcs
-from ..segment.stain import densities, estimate_background
+from ..segment.stain import density_tables, estimate_background
+from .options import COARSE_AREA_UM2, COARSE_MAX_ECCENTRICITY, COARSE_MIN_SOLIDITY, COARSE_UNEXPLAINED_UM2
 from .plan import CropGeometry, Resolution, ScanPlan, Tile
 
 
@@ -39,6 +40,8 @@ class TileResult:
     cells: list[Detection]
     crops: np.ndarray  # N x S x S x 3 uint8, resized to the model's input size
     seconds: dict[str, float] = field(default_factory=dict)
+    windows: int = 0  # candidate windows seen
+    refined: int = 0  # windows segmented again at the refinement resolution
 
 
 @dataclass(frozen=True)
@@ -112,8 +115,8 @@ def _outline(labels: np.ndarray, cell_id: int, bbox: tuple[int, int, int, int]) 
     return pts
 
 
-def candidate_windows(rgb: np.ndarray, plan: ScanPlan, params: SegmentParams) -> tuple[np.ndarray, list[tuple[slice, slice]]]:
-    """Coarse pass over a detection-resolution image: (window label map, window slices).
+def candidate_windows(rgb: np.ndarray, plan: ScanPlan, params: SegmentParams) -> tuple[np.ndarray, np.ndarray, list[tuple[slice, slice]]]:
+    """Coarse pass over a detection-resolution image: (window label map, candidate chromatin, window slices).
 
     Candidate chromatin is nucleus-stain density above ``plan.candidate_od``; pixels within one
     pixel fuse (the lobes of one nucleus), and groups with at least ``candidate_min_px`` chromatin
@@ -121,29 +124,56 @@ def candidate_windows(rgb: np.ndarray, plan: ScanPlan, params: SegmentParams) ->
     window. Window k owns the pixels labelled k.
     """
     bg = plan.background if plan.background is not None else estimate_background(rgb)
-    nuc = densities(rgb, bg, params)[0]
+    table = density_tables(bg, params)[0]  # the nucleus-stain output only
+    nuc = table[0][rgb[..., 0]]
+    nuc += table[1][rgb[..., 1]]
+    nuc += table[2][rgb[..., 2]]
     chromatin = nuc > plan.candidate_od
+    empty = np.zeros(chromatin.shape, np.int32)
     if not chromatin.any():
-        return np.zeros(chromatin.shape, np.int32), []
+        return empty, chromatin, []
     fused = ndi.binary_dilation(chromatin, structure=np.ones((3, 3), bool))
     lab, n = ndi.label(fused)
-    area = ndi.sum_labels(chromatin, lab, np.arange(1, n + 1))
-    keep = np.zeros(n + 1, bool)
-    keep[1:] = area >= plan.candidate_min_px
+    area = np.bincount(lab[chromatin], minlength=n + 1)  # chromatin pixels per fused group
+    keep = area >= plan.candidate_min_px
+    keep[0] = False
     if not keep.any():
-        return np.zeros(chromatin.shape, np.int32), []
+        return empty, np.zeros_like(chromatin), []
+    candidates = keep[lab] & chromatin
     grown = ndi.maximum_filter(keep[lab].view(np.uint8), size=2 * plan.margin_px + 1) > 0
     windows, _ = ndi.label(grown)
-    return windows, [sl for sl in ndi.find_objects(windows) if sl is not None]
+    return windows, candidates, [sl for sl in ndi.find_objects(windows) if sl is not None]
 
 
-def scan_tile(reader, job: SlideJob, tile: Tile) -> TileResult:
+def coarse_is_enough(seg, candidates: np.ndarray, mpp: float) -> bool:
+    """Whether a window's detection-resolution segmentation can stand without refinement.
+
+    Only a lone, round, whole WBC that accounts for all the window's candidate chromatin is
+    accepted; several cells (touching or close: their nuclei may have fused), odd shapes (a merged
+    pair is elongated or concave), a cell cut by the window, or chromatin the segmentation did not
+    place in a cell send the window to full-resolution refinement.
+    """
+    if len(seg.cells) != 1:
+        return False
+    c = seg.cells[0]
+    if c.touches_border or c.solidity < COARSE_MIN_SOLIDITY or c.eccentricity > COARSE_MAX_ECCENTRICITY:
+        return False
+    if not (COARSE_AREA_UM2[0] <= c.area_um2 <= COARSE_AREA_UM2[1]):
+        return False
+    unexplained = int(np.count_nonzero(candidates & (seg.labels == 0)))
+    return unexplained * mpp * mpp <= COARSE_UNEXPLAINED_UM2
+
+
+def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResult:
     """Read, detect and crop one tile (see the module docstring); coordinates in the result are level 0.
 
     The tile's pad box is read at the detection resolution and candidate windows are found there
-    (:func:`candidate_windows`); each window is read at the refinement resolution and segmented
-    (:func:`wbc_deploy.segment.segment_wbcs`). A cell is kept if its centroid lies in the tile's core
-    and in its own window's area (so a cell seen by two overlapping window boxes counts once).
+    (:func:`candidate_windows`). Each window is segmented (:func:`wbc_deploy.segment.segment_wbcs`)
+    at the detection resolution; unless that result is a lone clean WBC (:func:`coarse_is_enough`,
+    or always with ``plan.refine_all``) the window is read again at the refinement resolution and
+    segmented there. A cell is kept if its centroid lies in the tile's core and in its own window's
+    area (so a cell seen by two overlapping window boxes counts once). ``crops=False`` skips reading
+    the model crops (the scan stage alone, for benchmarks).
     """
     plan = job.plan
     det, ref = plan.detect, plan.refine
@@ -151,42 +181,53 @@ def scan_tile(reader, job: SlideJob, tile: Tile) -> TileResult:
     rgb = read_at(reader, det, tile.pad, plan.background)
     t1 = time.perf_counter()
     read_s = t1 - t0
-    windows, slices = candidate_windows(rgb, plan, job.params)
+    windows, candidates, slices = candidate_windows(rgb, plan, job.params)
     px, py = tile.pad[0], tile.pad[1]
     scale = det.ds / ref.ds  # refinement px per detection px
     found: list[tuple[float, float, Detection]] = []
     cx0, cy0, cx1, cy1 = (tile.core[0] - px, tile.core[1] - py, tile.core[2] - px, tile.core[3] - py)
+    refined = 0
     for k, (sy, sx) in enumerate(slices, start=1):
         # A window is its nuclei grown by more than a WBC radius: one that misses the core holds no owned cell.
         if sx.stop <= cx0 or sx.start >= cx1 or sy.stop <= cy0 or sy.start >= cy1:
             continue
-        # window box in refinement px (slide frame)
-        rx0, ry0 = int(math.floor((sx.start + px) * scale)), int(math.floor((sy.start + py) * scale))
-        rx1, ry1 = int(math.ceil((sx.stop + px) * scale)), int(math.ceil((sy.stop + py) * scale))
-        tr = time.perf_counter()
-        win = read_at(reader, ref, (rx0, ry0, rx1, ry1), plan.background)
-        read_s += time.perf_counter() - tr
-        seg = segment_wbcs(win, ref.mpp, job.params)
+        seg, res, ox, oy = None, det, sx.start + px, sy.start + py
+        if not plan.refine_all and det.ds != ref.ds:
+            coarse = segment_wbcs(rgb[sy, sx], det.mpp, job.params)
+            if coarse_is_enough(coarse, candidates[sy, sx] & (windows[sy, sx] == k), det.mpp):
+                seg = coarse
+        if seg is None:
+            # window box in refinement px (slide frame)
+            res = ref
+            ox, oy = int(math.floor((sx.start + px) * scale)), int(math.floor((sy.start + py) * scale))
+            rx1, ry1 = int(math.ceil((sx.stop + px) * scale)), int(math.ceil((sy.stop + py) * scale))
+            tr = time.perf_counter()
+            win = read_at(reader, ref, (ox, oy, rx1, ry1), plan.background)
+            read_s += time.perf_counter() - tr
+            seg = segment_wbcs(win, ref.mpp, job.params)
+            refined += 1
         for cell in seg.cells:
-            x0, y0 = ref.to_level0(cell.x + rx0, cell.y + ry0)
+            x0, y0 = res.to_level0(cell.x + ox, cell.y + oy)
             dx, dy = det.from_level0(x0, y0)
             if not tile.owns(dx, dy):
                 continue
             wy, wx = int(round(dy)) - py, int(round(dx)) - px
             if not (0 <= wy < windows.shape[0] and 0 <= wx < windows.shape[1]) or windows[wy, wx] != k:
                 continue
-            outline = tuple(tuple(round(v, 1) for v in ref.to_level0(ox + rx0, oy + ry0))
-                            for ox, oy in _outline(seg.labels, cell.cell_id, cell.bbox))
+            outline = ()
+            if plan.outlines:
+                outline = tuple(tuple(round(v, 1) for v in res.to_level0(px_ + ox, py_ + oy))
+                                for px_, py_ in _outline(seg.labels, cell.cell_id, cell.bbox))
             found.append((dy, dx, Detection(x=round(x0, 1), y=round(y0, 1), area_um2=round(cell.area_um2, 2), outline=outline)))
     found.sort(key=lambda t: (t[0], t[1]))
     cells = [d for _, _, d in found]
     t2 = time.perf_counter()
     s = plan.crop.input_size
-    crops = np.empty((len(cells), s, s, 3), np.uint8)
-    for i, c in enumerate(cells):
-        crops[i] = read_crop(reader, plan.crop, c.x, c.y, plan.background)
+    images = np.empty((len(cells) if crops else 0, s, s, 3), np.uint8)
+    for i in range(len(images)):
+        images[i] = read_crop(reader, plan.crop, cells[i].x, cells[i].y, plan.background)
     t3 = time.perf_counter()
-    return TileResult(index=tile.index, cells=cells, crops=crops,
+    return TileResult(index=tile.index, cells=cells, crops=images, windows=len(slices), refined=refined,
                       seconds={"read": read_s, "detect": (t2 - t1) - (read_s - (t1 - t0)), "crop": t3 - t2})
 
 
@@ -215,9 +256,9 @@ def _reader_for(path: str):
     return reader
 
 
-def process_scan(job: SlideJob, tile: Tile) -> TileResult:
+def process_scan(job: SlideJob, tile: Tile, crops: bool = True) -> TileResult:
     """Process-pool entry point: scan ``tile`` of ``job`` with this process's reader."""
-    return scan_tile(_reader_for(job.path), job, tile)
+    return scan_tile(_reader_for(job.path), job, tile, crops=crops)
 
 
 def job_without_tiles(path: str | Path, plan: ScanPlan, params: SegmentParams) -> SlideJob:

@@ -29,6 +29,8 @@ class StreamStats:
 
     tiles_done: int = 0
     cells: int = 0
+    windows: int = 0  # candidate windows segmented at the detection resolution
+    refined: int = 0  # of which segmented again at the refinement resolution
     seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "detect": 0.0, "crop": 0.0, "infer": 0.0, "write": 0.0})
 
 
@@ -110,6 +112,8 @@ def stream_slide(
             submit_more()
             for k in ("read", "detect", "crop"):
                 stats.seconds[k] += result.seconds.get(k, 0.0)
+            stats.windows += result.windows
+            stats.refined += result.refined
             pending = _Pending(result=result, probs=np.zeros((len(result.cells), n_cls), np.float32))
             awaiting.append(pending)
             buf.extend((pending, i) for i in range(len(result.cells)))

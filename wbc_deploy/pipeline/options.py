@@ -25,6 +25,13 @@ CANDIDATE_OD: float = 0.12
 CANDIDATE_MIN_UM2: float = 6.0
 #: Refinement windows extend this far around a candidate nucleus (cytoplasm + context).
 WINDOW_MARGIN_UM: float = 12.0
+#: A window's detection-resolution segmentation is kept without refinement only for a lone WBC this
+#: round and solid (a merged touching pair is elongated or concave), of a single-cell area, whose
+#: cell holds all but this much of the window's candidate chromatin.
+COARSE_MIN_SOLIDITY: float = 0.9
+COARSE_MAX_ECCENTRICITY: float = 0.8
+COARSE_AREA_UM2: tuple[float, float] = (25.0, 300.0)
+COARSE_UNEXPLAINED_UM2: float = 2.0
 #: Core (owned area) of a detection tile, micrometres: 1024 um = 1024 px at 1 um/px.
 TILE_UM: float = 1024.0
 #: Overlap added on every side of a tile core. Wider than the largest WBC (a ~22 um monocyte), so a
@@ -67,6 +74,8 @@ class CountOptions:
     quiet: bool = False
     detect_mpp: float = DETECT_MPP
     refine_mpp: float = REFINE_MPP
+    #: Refine every candidate window at ``refine_mpp`` (slower), not only those the coarse pass cannot settle.
+    refine_all: bool = False
     tile_um: float = TILE_UM
     overlap_um: float = OVERLAP_UM
     #: Extra keyword arguments for :func:`wbc_deploy.runtime.open_backend` (e.g. ``intra_op_threads``).
@@ -104,6 +113,8 @@ class CountOptions:
             "mpp_option": self.mpp,
             "detect_mpp": float(self.detect_mpp),
             "refine_mpp": float(self.refine_mpp),
+            "refine_all": bool(self.refine_all),
+            "outlines": bool(self.geojson),
             "tile_um": float(self.tile_um),
             "overlap_um": float(self.overlap_um),
         }

@@ -91,6 +91,8 @@ class ScanPlan:
     candidate_min_px: float  # least chromatin area of a candidate, detection px
     crop: CropGeometry
     background: tuple[float, float, float] | None
+    refine_all: bool = False
+    outlines: bool = True  # keep cell outlines (for GeoJSON)
     tiles: list[Tile] = field(default_factory=list)
     tiles_total: int = 0
 
@@ -109,7 +111,8 @@ class ScanPlan:
             "detect_mpp": self.detect.mpp, "refine_level": self.refine.level, "refine_factor": self.refine.factor,
             "refine_mpp": self.refine.mpp, "det_size": list(self.det_size), "tile_px": self.tile_px,
             "overlap_px": self.overlap_px, "margin_px": self.margin_px, "candidate_od": self.candidate_od,
-            "candidate_min_px": self.candidate_min_px, "tiles_total": self.tiles_total, "tiles_scanned": len(self.tiles),
+            "candidate_min_px": self.candidate_min_px, "refine_all": self.refine_all, "outlines": self.outlines,
+            "tiles_total": self.tiles_total, "tiles_scanned": len(self.tiles),
             "crop_level": self.crop.level, "crop_side": self.crop.side, "crop_level_mpp": self.crop.level_mpp,
             "background": None if self.background is None else [round(v, 3) for v in self.background],
         }

@@ -66,6 +66,9 @@ class SlideResult:
     tiles_scanned: int = 0
     tiles_resumed: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: candidate windows seen and refined at full resolution (this run's tiles only)
+    windows: int = 0
+    refined: int = 0
     truth: TruthComparison | None = None
     outputs: dict[str, Path] = field(default_factory=dict)
 

@@ -105,7 +105,8 @@ def plan_scan(reader, mpp: float, card, options: CountOptions, thumb: np.ndarray
     scale = (det.ds * thumb.shape[1] / w0, det.ds * thumb.shape[0] / h0)
     plan = ScanPlan(mpp=mpp, detect=det, refine=ref, det_size=det_size, tile_px=tile_px, overlap_px=overlap_px,
                     margin_px=int(math.ceil(WINDOW_MARGIN_UM / det.mpp)), candidate_od=CANDIDATE_OD,
-                    candidate_min_px=CANDIDATE_MIN_UM2 / det.mpp ** 2, crop=crop, background=background)
+                    candidate_min_px=CANDIDATE_MIN_UM2 / det.mpp ** 2, crop=crop, background=background,
+                    refine_all=options.refine_all, outlines=options.geojson)
     plan.tiles, plan.tiles_total = plan_tiles(det_size, tile_px, overlap_px, mask, scale)
     return plan
 
@@ -207,6 +208,7 @@ def count_slide(path: Path, ctx: RunContext, result: SlideResult) -> SlideResult
         finally:
             store.close()
             result.stage_seconds = dict(stats.seconds)
+            result.windows, result.refined = stats.windows, stats.refined
         t0 = time.perf_counter()
         finish_outputs(path, name, reader, plan, store, ctx, result)
         result.stage_seconds["write"] += time.perf_counter() - t0
