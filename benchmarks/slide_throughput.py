@@ -82,8 +82,8 @@ def task_scan(slide: str, workers: int, executor: str) -> dict:
     from wbc_deploy.classes import CLASSES
     from wbc_deploy.pipeline.detect import job_without_tiles, process_scan, scan_tile
     from wbc_deploy.pipeline.options import CountOptions
-    from wbc_deploy.pipeline.plan import thumbnail_size, tissue_mask
-    from wbc_deploy.pipeline.run import _thumbnail, plan_scan, resolve_mpp
+    from wbc_deploy.pipeline.plan import plan_scan, thumbnail_size, tissue_mask
+    from wbc_deploy.pipeline.scale import resolve_mpp, thumbnail
     from wbc_deploy.segment import SegmentParams
     from wbc_deploy.slide import open_slide
 
@@ -96,7 +96,7 @@ def task_scan(slide: str, workers: int, executor: str) -> dict:
     c0, t0 = cpu_seconds(), time.perf_counter()
     n = 0
     with open_slide(slide) as reader, pool:
-        thumb = _thumbnail(reader, thumbnail_size(reader.dimensions, reader.mpp or MPP))
+        thumb = thumbnail(reader, thumbnail_size(reader.dimensions, reader.mpp or MPP))
         mpp, _ = resolve_mpp(reader, None, thumb, tissue_mask(thumb)[0])
         plan = plan_scan(reader, mpp, card, opts, thumb)
         job = job_without_tiles(slide, plan, SegmentParams())

@@ -210,9 +210,11 @@ def test_resume_after_an_interruption_gives_the_same_cells(data, counted):
     # batch size 4 vs the reference's 64 and an interruption: still the same bytes
     assert (out / "smear.cells.csv").read_bytes() == counted["cells"].read_bytes()
 
+    before = read_rows(out / "summary.csv")
     seen.clear()
     run = count_slides([data["slide"]], data["model"], out, opts(resume=True, batch_size=4, tile_hook=lambda s, n: seen.append(n)))
     assert seen == [] and run.slides[0].status == "ok" and run.slides[0].n_wbc == counted["run"].slides[0].n_wbc
+    assert read_rows(out / "summary.csv") == before  # a finished slide keeps its row as it was
 
 
 # --------------------------------------------------------------------------- plain images, bad input
@@ -249,7 +251,7 @@ def test_plain_images_are_counted_with_an_estimated_scale(data, field_png):
 def test_process_workers_give_the_same_cells_as_threads(data, field_png):
     png, _ = field_png
     a = count_slides([png], data["model"], data["root"] / "run-thr", opts(mpp=MPP))
-    b = count_slides([png], data["model"], data["root"] / "run-proc", opts(mpp=MPP, executor="process"))
+    b = count_slides([png], data["model"], data["root"] / "run-proc", opts(mpp=MPP, executor="process", workers=1))
     assert a.slides[0].n_wbc > 0
     assert (data["root"] / "run-thr" / "field.cells.csv").read_bytes() == (data["root"] / "run-proc" / "field.cells.csv").read_bytes()
 
@@ -273,6 +275,19 @@ def test_a_corrupt_slide_in_the_middle_fails_alone(data, field_png, capsys):
     assert "\n" not in rows[1]["error"] and "Traceback" not in capsys.readouterr().err
     assert (out / "a_good.cells.csv").read_bytes() == (out / "d_good.cells.csv").read_bytes()
     assert not (out / "b_truncated.cells.csv").exists()
+
+
+def test_glass_only_images_and_name_clashes(data, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    Image.fromarray(np.full((300, 400, 3), (236, 234, 232), np.uint8)).save(tmp_path / "a" / "glass.png")
+    Image.fromarray(np.full((300, 400, 3), (236, 234, 232), np.uint8)).save(tmp_path / "b" / "glass.jpg")
+    run = count_slides([tmp_path], data["model"], tmp_path / "out", opts(mpp=MPP))
+    assert [(s.slide, s.status) for s in run.slides] == [("glass", "ok"), ("glass", "error")]
+    assert run.slides[0].n_wbc == 0 and "same name" in run.slides[1].error and run.exit_code == 3
+    assert (tmp_path / "out" / "glass.cells.csv").read_text().strip() == ",".join(cells_header(list(CLASSES)))
+    row = read_rows(tmp_path / "out" / "summary.csv")[0]
+    assert (row["n_wbc"], row["pct_neutrophil"], row["mean_confidence"]) == ("0", "0.00", "")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -8,7 +8,9 @@ from __future__ import annotations
 from .inputs import discover_inputs, slide_name
 from .options import CountOptions
 from .result import EXIT_INTERRUPTED, EXIT_OK, EXIT_SLIDES_FAILED, RunResult, SlideResult, TruthComparison
-from .run import CountInterrupted, count_slide, count_slides, plan_scan, resolve_mpp
+from .plan import plan_scan
+from .run import CountInterrupted, count_slide, count_slides
+from .scale import resolve_mpp
 
 __all__ = [
     "EXIT_INTERRUPTED",

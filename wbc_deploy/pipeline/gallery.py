@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 from ..errors import WbcError
 
@@ -88,3 +91,33 @@ def require_explain() -> None:
         raise WbcError(f"--gallery needs wbc_deploy.explain (gallery and report writers), which cannot be imported: {exc}") from None
     if not hasattr(gallery, "write_class_galleries") or not hasattr(report, "write_slide_report"):
         raise WbcError("--gallery needs wbc_deploy.explain.gallery.write_class_galleries and report.write_slide_report")
+
+
+def write_gallery(out_dir: Path, name: str, reader, plan, collector: GalleryCollector, counts: dict[str, int],
+                  classes: list[str], xy: list[tuple[float, float]], labels: list[str], settings: dict) -> dict[str, Path]:
+    """Read the kept cells' crops and call the explain package's gallery and report writers.
+
+    Returns the files written (``gallery_<class>`` and ``report``).
+    """
+    from ..explain.gallery import CellTile, write_class_galleries
+    from ..explain.report import write_slide_report
+    from .detect import read_crop
+    from .scale import thumbnail
+
+    tiles_by_class = {}
+    for label in classes:
+        entries = collector.entries(label)
+        if entries:
+            tiles_by_class[label] = [CellTile(image=read_crop(reader, plan.crop, e.x, e.y, plan.background),
+                                              confidence=e.confidence, cell_id=e.cell_id) for e in entries]
+    written: dict[str, Path] = {}
+    for p in write_class_galleries(out_dir, name, tiles_by_class, k=collector.k, counts=counts):
+        written[f"gallery_{Path(p).stem.split('.')[-1]}"] = Path(p)
+    w0, _ = reader.dimensions
+    thumb = thumbnail(reader, 1024)
+    written["report"] = Path(write_slide_report(
+        Path(out_dir) / f"{name}.report.html", slide=name, counts=counts, classes=classes, thumbnail=thumb,
+        downsample=w0 / thumb.shape[1], cell_xy=np.asarray(xy, dtype=float).reshape(-1, 2), cell_labels=labels,
+        settings=settings,
+    ))
+    return written

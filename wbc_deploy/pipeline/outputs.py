@@ -99,6 +99,8 @@ def _fmt(v: float | None, digits: int) -> str:
 
 def summary_row(r: SlideResult, classes: list[str]) -> list[str]:
     """One summary.csv row (same column order as :func:`summary_header`)."""
+    if r.previous_row is not None and r.status == "ok":
+        return [r.previous_row.get(col, "") or "" for col in summary_header(classes)]
     ok = r.status == "ok"
     pct = r.percentages(classes)
     t = r.truth

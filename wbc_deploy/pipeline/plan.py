@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..card import DEFAULT_FOV_UM
 from ..segment.stain import estimate_background
-from .options import MASK_MAX_PX, MASK_MPP
+from .options import CANDIDATE_MIN_UM2, CANDIDATE_OD, MASK_MAX_PX, MASK_MPP, WINDOW_MARGIN_UM, CountOptions
 
 #: Glass vs smear on the thumbnail: total optical density (sum over channels, log10) above this.
 TISSUE_OD: float = 0.06
@@ -202,3 +203,27 @@ def dilate_mask(mask: np.ndarray, radius_px: float) -> np.ndarray:
     if r < 1 or not mask.any():
         return mask
     return ndi.binary_dilation(mask, iterations=r)
+
+
+def plan_scan(reader, mpp: float, card, options: CountOptions, thumb: np.ndarray) -> ScanPlan:
+    """Detection and refinement resolutions, crop level, tissue mask and tiles of a slide at ``mpp`` um/px."""
+    downsamples = [float(d) for d in reader.level_downsamples]
+    det = choose_resolution(mpp, downsamples, options.detect_mpp)
+    ref = choose_resolution(mpp, downsamples, options.refine_mpp)
+    lw, lh = reader.level_dimensions[det.level]
+    det_size = (max(1, lw // det.factor), max(1, lh // det.factor))
+    tile_px = max(64, int(round(options.tile_um / det.mpp)))
+    overlap_px = int(math.ceil(options.overlap_um / det.mpp))
+    fov = float(card.fov_um) if card.fov_um else DEFAULT_FOV_UM
+    crop = choose_crop_level(mpp, downsamples, fov, int(card.input_size))
+    mask, background = tissue_mask(thumb)
+    w0, h0 = reader.dimensions
+    thumb_mpp = mpp * w0 / thumb.shape[1]
+    mask = dilate_mask(mask, options.overlap_um / thumb_mpp + 1)
+    scale = (det.ds * thumb.shape[1] / w0, det.ds * thumb.shape[0] / h0)
+    plan = ScanPlan(mpp=mpp, detect=det, refine=ref, det_size=det_size, tile_px=tile_px, overlap_px=overlap_px,
+                    margin_px=int(math.ceil(WINDOW_MARGIN_UM / det.mpp)), candidate_od=CANDIDATE_OD,
+                    candidate_min_px=CANDIDATE_MIN_UM2 / det.mpp ** 2, crop=crop, background=background,
+                    refine_all=options.refine_all, outlines=options.geojson)
+    plan.tiles, plan.tiles_total = plan_tiles(det_size, tile_px, overlap_px, mask, scale)
+    return plan

@@ -71,6 +71,8 @@ class SlideResult:
     refined: int = 0
     truth: TruthComparison | None = None
     outputs: dict[str, Path] = field(default_factory=dict)
+    #: a finished slide skipped by --resume: its summary.csv row from the earlier run, re-emitted as it was
+    previous_row: dict[str, str] | None = None
 
     @property
     def n_wbc(self) -> int:

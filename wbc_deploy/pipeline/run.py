@@ -9,106 +9,34 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import functools
-import math
+import json
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
-import numpy as np
 from rich.progress import TextColumn
 
 from .. import __version__
 from ..console import make_progress, warn
 from ..errors import WbcError
-from ..segment import SegmentParams, estimate_mpp
-from .detect import job_without_tiles, process_scan, read_crop, read_level, scan_tile
+from ..segment import SegmentParams
+from .detect import job_without_tiles, process_scan, scan_tile
 from .engine import StreamStats, stream_slide
-from .gallery import GalleryCollector, require_explain
+from .gallery import GalleryCollector, require_explain, write_gallery
 from .inputs import discover_inputs, slide_name
-from ..card import DEFAULT_FOV_UM
-from .options import CANDIDATE_MIN_UM2, CANDIDATE_OD, MATCH_UM, WINDOW_MARGIN_UM, CountOptions
+from .options import MATCH_UM, CountOptions
 from .outputs import SUMMARY_NAME, label_of, write_cells_csv, write_geojson, write_summary, write_truth_comparison
-from .plan import ScanPlan, choose_crop_level, choose_resolution, dilate_mask, plan_tiles, thumbnail_size, tissue_mask
-from .result import (
-    STATUS_ERROR, STATUS_INTERRUPTED, STATUS_OK, STATUS_PENDING, RunResult, SlideResult,
-)
+from .plan import ScanPlan, plan_scan, thumbnail_size, tissue_mask
+from .result import STATUS_ERROR, STATUS_INTERRUPTED, STATUS_OK, STATUS_PENDING, RunResult, SlideResult
+from .scale import resolve_mpp, thumbnail
 from .store import ProgressStore, file_sha256, slide_identity
 from .truth import compare_with_truth, truth_path_for
 
 
 class CountInterrupted(Exception):
     """Raised (e.g. from ``CountOptions.tile_hook``) to stop a run as if it had been killed."""
-
-
-# --------------------------------------------------------------------------- scale and plan
-
-
-def _thumbnail(reader, side: int) -> np.ndarray:
-    thumb = reader.get_thumbnail((side, side))
-    return np.asarray(thumb.convert("RGB") if hasattr(thumb, "convert") else thumb)[..., :3]
-
-
-def estimate_slide_mpp(reader, thumb: np.ndarray, mask: np.ndarray, region_px: int = 1536) -> float | None:
-    """Estimate level-0 um/px from red cells in level-0 regions on the smear (a few spots tried)."""
-    w, h = reader.dimensions
-    if w * h <= 2048 * 2048:
-        return estimate_mpp(read_level(reader, 0, 0, 0, w, h))
-    sx, sy = w / thumb.shape[1], h / thumb.shape[0]
-    ys, xs = np.nonzero(mask) if mask.any() else (np.array([thumb.shape[0] // 2]), np.array([thumb.shape[1] // 2]))
-    spots = []
-    cy, cx = ys.mean(), xs.mean()
-    nearest = int(np.argmin((ys - cy) ** 2 + (xs - cx) ** 2))
-    spots.append((xs[nearest], ys[nearest]))
-    for q in (0.25, 0.75, 0.1, 0.9):
-        i = int(q * (len(xs) - 1))
-        spots.append((xs[i], ys[i]))
-    for tx, ty in spots:
-        x0 = int(min(max(0, (tx + 0.5) * sx - region_px / 2), max(0, w - region_px)))
-        y0 = int(min(max(0, (ty + 0.5) * sy - region_px / 2), max(0, h - region_px)))
-        est = estimate_mpp(read_level(reader, 0, x0, y0, min(region_px, w), min(region_px, h)))
-        if est is not None:
-            return est
-    return None
-
-
-def resolve_mpp(reader, option_mpp: float | None, thumb: np.ndarray, mask: np.ndarray) -> tuple[float, str]:
-    """(level-0 um/px, source): ``option`` (--mpp), ``slide`` (its metadata) or ``estimated`` (red cells)."""
-    if option_mpp is not None:
-        return float(option_mpp), "option"
-    mpp = getattr(reader, "mpp", None)
-    if mpp is not None and math.isfinite(float(mpp)) and float(mpp) > 0:
-        return float(mpp), "slide"
-    est = estimate_slide_mpp(reader, thumb, mask)
-    if est is None:
-        raise WbcError("the slide records no microns per pixel and too few red cells were seen to estimate it: pass --mpp")
-    return round(est, 4), "estimated"
-
-
-def plan_scan(reader, mpp: float, card, options: CountOptions, thumb: np.ndarray) -> ScanPlan:
-    """Detection and refinement resolutions, crop level, tissue mask and tiles of a slide at ``mpp`` um/px."""
-    downsamples = [float(d) for d in reader.level_downsamples]
-    det = choose_resolution(mpp, downsamples, options.detect_mpp)
-    ref = choose_resolution(mpp, downsamples, options.refine_mpp)
-    lw, lh = reader.level_dimensions[det.level]
-    det_size = (max(1, lw // det.factor), max(1, lh // det.factor))
-    tile_px = max(64, int(round(options.tile_um / det.mpp)))
-    overlap_px = int(math.ceil(options.overlap_um / det.mpp))
-    fov = float(card.fov_um) if card.fov_um else DEFAULT_FOV_UM
-    crop = choose_crop_level(mpp, downsamples, fov, int(card.input_size))
-    mask, background = tissue_mask(thumb)
-    w0, h0 = reader.dimensions
-    thumb_mpp = mpp * w0 / thumb.shape[1]
-    mask = dilate_mask(mask, options.overlap_um / thumb_mpp + 1)
-    scale = (det.ds * thumb.shape[1] / w0, det.ds * thumb.shape[0] / h0)
-    plan = ScanPlan(mpp=mpp, detect=det, refine=ref, det_size=det_size, tile_px=tile_px, overlap_px=overlap_px,
-                    margin_px=int(math.ceil(WINDOW_MARGIN_UM / det.mpp)), candidate_od=CANDIDATE_OD,
-                    candidate_min_px=CANDIDATE_MIN_UM2 / det.mpp ** 2, crop=crop, background=background,
-                    refine_all=options.refine_all, outlines=options.geojson)
-    plan.tiles, plan.tiles_total = plan_tiles(det_size, tile_px, overlap_px, mask, scale)
-    return plan
 
 
 # --------------------------------------------------------------------------- one slide
@@ -152,7 +80,7 @@ def count_slide(path: Path, ctx: RunContext, result: SlideResult) -> SlideResult
     with open_slide(path) as reader:
         w0, h0 = reader.dimensions
         thumb_side = thumbnail_size((w0, h0), float(getattr(reader, "mpp", None) or opts.mpp or 0.25))
-        thumb = _thumbnail(reader, thumb_side)
+        thumb = thumbnail(reader, thumb_side)
         mask0, _ = tissue_mask(thumb)
         mpp, source = resolve_mpp(reader, opts.mpp, thumb, mask0)
         result.mpp, result.mpp_source = mpp, source
@@ -256,38 +184,14 @@ def finish_outputs(path: Path, name: str, reader, plan: ScanPlan, store: Progres
             warn(f"{name}: --truth given but there is no {tp.name} beside the slide")
     if collector is not None:
         try:
-            write_gallery(name, reader, plan, collector, counts, xy, labels, ctx, result)
+            settings = {"model": str(ctx.backend.model_path), "backend": ctx.backend.name, "mpp": result.mpp,
+                        "mpp_source": result.mpp_source, "detection_mpp": round(plan.detect.mpp, 4),
+                        "refine_mpp": round(plan.refine.mpp, 4), "fov_um": plan.crop.fov_um}
+            result.outputs.update(write_gallery(ctx.out_dir, name, reader, plan, collector, counts, classes, xy, labels, settings))
         except WbcError as exc:
             warn(f"{name}: gallery/report not written: {exc}")
         except Exception as exc:  # noqa: BLE001 - a review aid must never cost the counts already written
             warn(f"{name}: gallery/report not written ({type(exc).__name__}: {' '.join(str(exc).split())})")
-
-
-def write_gallery(name, reader, plan: ScanPlan, collector: GalleryCollector, counts, xy, labels, ctx: RunContext, result) -> None:
-    """Read the kept cells' crops and call the explain package's gallery and report writers."""
-    from ..explain.gallery import CellTile, write_class_galleries
-    from ..explain.report import write_slide_report
-
-    classes = list(ctx.backend.card.classes)
-    tiles_by_class = {}
-    for label in classes:
-        entries = collector.entries(label)
-        if entries:
-            tiles_by_class[label] = [CellTile(image=read_crop(reader, plan.crop, e.x, e.y, plan.background),
-                                              confidence=e.confidence, cell_id=e.cell_id) for e in entries]
-    paths = write_class_galleries(ctx.out_dir, name, tiles_by_class, k=collector.k, counts=counts)
-    for p in paths:
-        result.outputs[f"gallery_{Path(p).stem.split('.')[-1]}"] = Path(p)
-    w0, _ = reader.dimensions
-    thumb = _thumbnail(reader, 1024)
-    report = write_slide_report(
-        ctx.out_dir / f"{name}.report.html", slide=name, counts=counts, classes=classes, thumbnail=thumb,
-        downsample=w0 / thumb.shape[1], cell_xy=np.asarray(xy, dtype=float).reshape(-1, 2), cell_labels=labels,
-        settings={"model": str(ctx.backend.model_path), "backend": ctx.backend.name, "mpp": result.mpp,
-                  "mpp_source": result.mpp_source, "detection_mpp": round(plan.detect.mpp, 4),
-                  "refine_mpp": round(plan.refine.mpp, 4), "fov_um": plan.crop.fov_um},
-    )
-    result.outputs["report"] = Path(report)
 
 
 # --------------------------------------------------------------------------- the run
@@ -315,7 +219,8 @@ def result_from_row(row: dict[str, str], path: Path, classes: list[str]) -> Slid
     r = SlideResult(slide=row["slide"], path=path, status=STATUS_OK, backend=row.get("backend", ""),
                     counts={c: num(f"n_{c}", int) or 0 for c in classes}, mean_confidence=num("mean_confidence"),
                     seconds=num("seconds") or 0.0, mpp=num("mpp"), mpp_source=row.get("mpp_source", ""),
-                    tiles_total=num("tiles_total", int) or 0, tiles_scanned=num("tiles_scanned", int) or 0)
+                    tiles_total=num("tiles_total", int) or 0, tiles_scanned=num("tiles_scanned", int) or 0,
+                    previous_row=dict(row))
     return r
 
 
