@@ -103,9 +103,10 @@ def segment_wbcs(rgb: np.ndarray, mpp: float, params: SegmentParams | None = Non
     work_nuclei = np.zeros(nuc_od.shape, np.int32)
     next_id = 1
     margin = int(math.ceil((params.cytoplasm_max_um + params.lobe_gap_um) / work_mpp)) + 3
+    stained_od = _stained_threshold(tot_od, params)
     for sl in _candidate_windows(chromatin, margin):
         next_id = _segment_window(
-            sl, chromatin, nuc_od, eos_od, tot_od, work_mpp, params, work_labels, work_nuclei, next_id,
+            sl, chromatin, nuc_od, eos_od, tot_od, stained_od, work_mpp, params, work_labels, work_nuclei, next_id,
         )
     if next_id == 1:
         return empty
@@ -135,6 +136,15 @@ def _nucleus_threshold(nuc_od: np.ndarray, params: SegmentParams) -> float:
     except ValueError:  # constant image
         t = params.nucleus_od_max
     return float(min(max(t, params.nucleus_od_min), params.nucleus_od_max))
+
+
+def _stained_threshold(tot_od: np.ndarray, params: SegmentParams) -> float:
+    """Otsu's threshold of the total OD (cells vs glass), clipped to a physical range."""
+    try:
+        t = float(threshold_otsu(tot_od[::2, ::2]))
+    except ValueError:
+        t = params.stained_od_min
+    return float(min(max(t, params.stained_od_min), params.stained_od_max))
 
 
 def _disk(radius_px: float) -> np.ndarray | None:
@@ -187,23 +197,105 @@ def _candidate_windows(mask: np.ndarray, margin: int) -> list[tuple[slice, slice
     return [(slice(b[0], b[2]), slice(b[1], b[3])) for b in boxes]
 
 
-def _markers(blob: np.ndarray, h_px: float) -> np.ndarray:
-    """One marker per h-maximum of the distance transform (found by morphological reconstruction)."""
-    dist = ndi.distance_transform_edt(blob)
-    # h-maxima transform: reconstruction by dilation of dist - h under dist; its regional maxima
-    # (plateaus, so a flat or twin-peaked top gives one marker) are maxima deeper than h.
+def _split(shape: np.ndarray, h_px: float, flood: np.ndarray | None = None) -> np.ndarray:
+    """Split a binary mask into round objects: watershed of its distance transform from h-maxima.
+
+    Markers are the h-maxima of the distance transform of ``shape`` (regional maxima of its
+    morphological reconstruction by dilation from ``dist - h``; plateaus, so a flat or twin-peaked
+    top gives one marker): two touching round objects keep one marker each, while bumps shallower
+    than ``h`` (lobes, notches) do not split. The watershed floods ``flood`` (default ``shape``);
+    a component of it without a marker becomes one object.
+    """
+    flood = shape if flood is None else flood
+    dist = ndi.distance_transform_edt(shape)
     domes = reconstruction(dist - h_px, dist, method="dilation")
-    peaks = local_maxima(domes) & blob
+    peaks = local_maxima(domes) & shape
     markers, n = ndi.label(peaks)
-    comp, _ = ndi.label(blob)
-    # A component whose maximum is lower than h still gets one marker (size filters judge it later).
+    comp, _ = ndi.label(flood)
     orphan = (comp > 0) & ~np.isin(comp, np.unique(comp[markers > 0]))
     if orphan.any():
         markers = np.where(orphan, comp + n, markers)
-    return watershed(-dist, markers, mask=blob)
+    return watershed(-dist, markers, mask=flood)
 
 
-def _segment_window(sl, chromatin, nuc_od, eos_od, tot_od, work_mpp, params, out_labels, out_nuclei, next_id) -> int:
+def _merge_by_chromatin(regions: np.ndarray, chrom: np.ndarray, work_mpp: float, params: SegmentParams) -> np.ndarray:
+    """Undo a shape split that cut a small piece off a nucleus: merge it back into its owner.
+
+    Works on "thick" chromatin, what survives an opening of radius ``lobe_gap_um / 3``: a nucleus
+    body does, thin strands and chains of granules do not. A region is merged into the region
+    holding most of a thick chromatin piece when it holds a minor share (< 35%) of that piece and
+    the piece is most of its own chromatin. Two touching cells whose nuclei touch keep one nucleus
+    each, so neither share is minor and they stay apart.
+    """
+    selem = _disk(params.lobe_gap_um / 3.0 / work_mpp)
+    if selem is None:
+        return regions
+    thick = ndi.binary_opening(chrom, structure=selem)
+    comp, n = ndi.label(thick)
+    sel = (comp > 0) & (regions > 0)
+    if n == 0 or not sel.any():
+        return regions
+    pairs, counts = np.unique(np.stack([comp[sel], regions[sel]]), axis=1, return_counts=True)
+    own = np.bincount(regions[chrom & (regions > 0)], minlength=int(regions.max()) + 1)
+    remap = np.arange(int(regions.max()) + 1)
+    for c in np.unique(pairs[0]):
+        idx = pairs[0] == c
+        if idx.sum() < 2:
+            continue
+        labs, cnt = pairs[1, idx], counts[idx]
+        owner = labs[np.argmax(cnt)]
+        total = cnt.sum()
+        for lab, k in zip(labs, cnt):
+            if lab != owner and k < 0.35 * total and k >= 0.5 * own[lab]:
+                remap[remap == lab] = remap[owner]
+    return remap[regions]
+
+
+def _split_by_nuclei(regions: np.ndarray, chrom: np.ndarray, fused: np.ndarray, min_px: float) -> np.ndarray:
+    """Split a region that holds two or more separate nuclei (farther apart than the lobe gap).
+
+    The shape split misses touching cells whose outlines show no neck (a small pale cell against a
+    big one); their nuclei still mark them: the region is re-flooded from each nucleus.
+    """
+    groups, n = ndi.label(fused)
+    if n < 2:
+        return regions
+    sizes = ndi.sum_labels(chrom, groups, np.arange(1, n + 1))
+    big = np.zeros(n + 1, bool)
+    big[1:] = sizes >= min_px
+    sel = (regions > 0) & (groups > 0) & big[groups]
+    pairs = np.unique(np.stack([regions[sel], groups[sel]]), axis=1)
+    labs, counts = np.unique(pairs[0], return_counts=True)
+    out = regions.copy()
+    next_label = int(regions.max()) + 1
+    for lab in labs[counts >= 2]:
+        inside = regions == lab
+        markers = np.where(inside & big[groups] & (groups > 0), groups, 0)
+        dist = ndi.distance_transform_edt(~(markers > 0))
+        split = watershed(dist, markers, mask=inside)
+        for g in np.unique(split[split > 0]):
+            out[split == g] = next_label
+            next_label += 1
+    return out
+
+
+def _basin_owners(basins: np.ndarray, chrom_labels: np.ndarray, min_px: float) -> np.ndarray:
+    """For each basin id, the cell id holding the most chromatin in it (at least ``min_px``), else 0."""
+    nb = int(basins.max())
+    owner = np.zeros(nb + 1, np.int32)
+    sel = (basins > 0) & (chrom_labels > 0)
+    if nb == 0 or not sel.any():
+        return owner
+    pairs, counts = np.unique(np.stack([basins[sel], chrom_labels[sel]]), axis=1, return_counts=True)
+    best = np.zeros(nb + 1)
+    for (b, k), n in zip(pairs.T, counts):
+        if n >= min_px and n > best[b]:
+            best[b], owner[b] = n, k
+    return owner
+
+
+def _segment_window(sl, chromatin, nuc_od, eos_od, tot_od, stained_od, work_mpp, params, out_labels, out_nuclei,
+                    next_id) -> int:
     """Segment the cells of one window into ``out_labels``/``out_nuclei``; returns the next free id."""
     chrom = chromatin[sl]
     sigma = 0.3 / work_mpp
@@ -219,15 +311,27 @@ def _segment_window(sl, chromatin, nuc_od, eos_od, tot_od, work_mpp, params, out
     reach = dist_nuc <= params.cytoplasm_max_um
     selem = _disk(0.5 * params.lobe_gap_um / work_mpp)
     fused = ndi.binary_dilation(chrom, structure=selem) if selem is not None else chrom
-    blob = ndi.binary_fill_holes((fused | cyto) & reach)
-    comp, _ = ndi.label(blob)
-    blob &= np.isin(comp, np.unique(comp[chrom]))
+    # The cell mask (chromatin + cytoplasm by colour); the lobes of one nucleus are joined by the
+    # dilation so they flood together, but the split is decided on the cell outline alone.
+    shape = ndi.binary_fill_holes((chrom | cyto) & reach)
+    flood = shape | fused
+    comp, _ = ndi.label(flood)
+    keep = np.isin(comp, np.unique(comp[chrom]))
     # Touching cells: one marker per maximum of the cell mask's distance transform, watershed of it.
-    regions = _markers(blob, params.split_h_um / work_mpp)
+    regions = _split(shape & keep, params.split_h_um / work_mpp, flood & keep)
+    regions = _merge_by_chromatin(regions, chrom, work_mpp, params)
+    regions = _split_by_nuclei(regions, chrom, fused, params.nucleus_area_min_um2 / (work_mpp * work_mpp))
 
     px_area = work_mpp * work_mpp
     h, w = out_labels.shape
     solid = chrom | cyto
+    # Cytoplasm whose colour is no help (eosinophil granules are as red as red cells): split the
+    # stained mask into round objects (watershed of its distance transform) and give each cell the
+    # objects in which it holds most of the chromatin.
+    stained = ndi.binary_fill_holes((tot > stained_od) | chrom) & reach
+    basins = _split(stained, params.split_h_um / work_mpp)
+    owner = _basin_owners(basins, np.where(chrom, regions, 0), params.nucleus_area_min_um2 * 0.5 / px_area)
+    by_basin = owner[basins]
     smooth = _disk(params.cell_open_um / work_mpp)
     for region in regionprops(regions):
         r0, c0, r1, c1 = region.bbox
@@ -236,7 +340,19 @@ def _segment_window(sl, chromatin, nuc_od, eos_od, tot_od, work_mpp, params, out
         nuc_area = float(nuc_mask.sum()) * px_area
         if not (params.nucleus_area_min_um2 <= nuc_area <= params.nucleus_area_max_um2):
             continue
-        cell_mask = ndi.binary_fill_holes(inside & solid[r0:r1, c0:c1])
+        colour_area = float((inside & solid[r0:r1, c0:c1]).sum()) * px_area
+        mine = by_basin == region.label
+        if colour_area >= params.cytoplasm_min_ratio * nuc_area:
+            mine = np.zeros_like(mine)  # the cytoplasm was found by colour: trust it
+        if mine.any():
+            rows, cols = np.nonzero(mine)
+            r0, c0 = min(r0, rows.min()), min(c0, cols.min())
+            r1, c1 = max(r1, rows.max() + 1), max(c1, cols.max() + 1)
+        inside = regions[r0:r1, c0:c1] == region.label
+        nuc_mask = chrom[r0:r1, c0:c1] & inside
+        others = (regions[r0:r1, c0:c1] > 0) & ~inside
+        grown = (inside & solid[r0:r1, c0:c1]) | (mine[r0:r1, c0:c1] & ~others)
+        cell_mask = ndi.binary_fill_holes(grown)
         if smooth is not None:  # cut thin cytoplasm-coloured spurs along red-cell rims
             cell_mask = ndi.binary_opening(np.pad(cell_mask, smooth.shape[0]), structure=smooth)
             cell_mask = cell_mask[smooth.shape[0]:-smooth.shape[0], smooth.shape[0]:-smooth.shape[0]] | nuc_mask
@@ -249,7 +365,9 @@ def _segment_window(sl, chromatin, nuc_od, eos_od, tot_od, work_mpp, params, out
         gr0, gc0 = sl[0].start + r0, sl[1].start + c0
         gr1, gc1 = gr0 + (r1 - r0), gc0 + (c1 - c0)
         border = gr0 == 0 or gc0 == 0 or gr1 >= h or gc1 >= w
-        if not border:
+        # Shape limits apply to outlines found by colour; a cell grown from its stained object
+        # (cytoplasm invisible by colour) has the uncertain outline of whatever touches it.
+        if not border and not mine.any():
             props = regionprops(cell_mask.astype(np.uint8))[0]
             if props.solidity < params.min_solidity or props.eccentricity > params.max_eccentricity:
                 continue

@@ -34,9 +34,17 @@ class SegmentParams:
     nucleus_core_od: float = 0.18
     #: Total OD above which a pixel is stained (cell) rather than glass.
     cell_od_min: float = 0.08
+    #: Range of the (Otsu) threshold of total OD that tells stained cells from glass, for the
+    #: shape-based split of the stained mask (glass with uneven illumination reaches ~0.12).
+    stained_od_min: float = 0.12
+    stained_od_max: float = 0.25
+    #: When the cytoplasm found by colour is smaller than this multiple of the nucleus area (an
+    #: eosinophil's granules are as red as red cells), the round stained object around the nucleus is
+    #: taken as the cell instead.
+    cytoplasm_min_ratio: float = 1.6
     #: Share of nucleus stain, N / (|N| + |E|), above which a stained pixel is WBC cytoplasm
     #: (bluish-lilac, ~0.5-0.9) rather than a red cell (nearly pure eosin, ~0-0.15).
-    cytoplasm_min_share: float = 0.4
+    cytoplasm_min_share: float = 0.25
     #: Work at no finer than this resolution (um/px); finer inputs are block-averaged first.
     work_mpp: float = 0.25
     #: Radius of the opening that removes specks and thin strands from the nucleus mask.
@@ -44,16 +52,16 @@ class SegmentParams:
     #: Nucleus fragments (lobes) closer than this gap belong to one cell.
     lobe_gap_um: float = 2.5
     #: Dynamics (um of the cell mask's distance transform) that separate touching cells.
-    split_h_um: float = 2.0
+    split_h_um: float = 1.5
     #: Radius of the opening that smooths the cell outline (cuts spurs along red-cell rims).
     cell_open_um: float = 1.0
     #: How far cytoplasm may extend beyond its nucleus.
     cytoplasm_max_um: float = 5.0
     #: Accepted total nucleus area per cell (platelets are 3-8 um^2, lymphocyte nuclei ~40).
-    nucleus_area_min_um2: float = 12.0
+    nucleus_area_min_um2: float = 8.0
     nucleus_area_max_um2: float = 250.0
     #: Accepted whole-cell area (a 6 um small lymphocyte to a 22 um monocyte).
-    cell_area_min_um2: float = 25.0
+    cell_area_min_um2: float = 18.0
     cell_area_max_um2: float = 450.0
     #: Shape limits of the whole cell (cut cells at the image border are exempt).
     min_solidity: float = 0.75
