@@ -103,7 +103,8 @@ def test_plain_images(tmp_path):
         assert np.array_equal(s.read_region((0, 0), 0, (60, 50)), img) and s.mpp is None
     with open_slide(tmp_path / "f.jpg") as s:
         assert s.mpp is None  # 300 dpi is a print resolution, not a microscope's
-        assert np.array_equal(s.read_region((0, 0), 0, (60, 50)), np.asarray(Image.open(tmp_path / "f.jpg").convert("RGB")))
+        decoded = np.asarray(Image.open(tmp_path / "f.jpg").convert("RGB"))
+        assert np.array_equal(s.read_region((0, 0), 0, (60, 50)), decoded)
     with open_slide(tmp_path / "f.tif") as s:  # untiled TIFF: not an OpenSlide format
         assert isinstance(s, ImageReader) and s.mpp == pytest.approx(0.5)
         assert np.array_equal(s.read_region((0, 0), 0, (60, 50)), img)

@@ -119,15 +119,15 @@ def test_smear_blob_and_glass(svs):
 
 
 def test_same_seed_same_bytes(tmp_path):
-    a = tmp_path / "a" / "s.tiff"
-    b = tmp_path / "b" / "s.tiff"
+    a = tmp_path / "a" / "s.svs"
+    b = tmp_path / "b" / "s.svs"
     a.parent.mkdir()
     b.parent.mkdir()
     write_synthetic_slide(a, 768, 640, 6, seed=4)
     write_synthetic_slide(b, 768, 640, 6, seed=4)
     assert a.read_bytes() == b.read_bytes()
     assert truth_path(a).read_bytes() == truth_path(b).read_bytes()
-    c = tmp_path / "a" / "c.tiff"
+    c = tmp_path / "a" / "c.svs"
     write_synthetic_slide(c, 768, 640, 6, seed=5)
     assert truth_path(c).read_bytes() != truth_path(a).read_bytes()
     assert not list(tmp_path.rglob("*.part"))

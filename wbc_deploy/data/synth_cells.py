@@ -934,8 +934,9 @@ def render_cell_image(label: str, size_px: int, rng: np.random.Generator, fov_um
     The field is what the slide pipeline crops around a detected WBC: the same renderer and red-cell
     density, "scanned" at ``scan_mpp`` (default: drawn from :data:`SCAN_MPP_RANGE`) and resized to
     ``size_px`` with the deployment resize (:func:`wbc_deploy.preprocess.resize_rgb`). The cell is
-    offset up to 1 um from the centre; red cells may overlap its edge; in 15% of images part of
-    another WBC shows at the border. Stain varies per image. Returns RGB uint8 (size, size, 3).
+    offset up to 1.5 um from the centre (detection centroids wander that much); red cells may
+    overlap its edge; in 15% of images part of another WBC shows at the border. Stain varies per
+    image. Returns RGB uint8 (size, size, 3).
     """
     if size_px < 8:
         raise WbcError(f"image size must be at least 8 px, got {size_px}")
@@ -944,7 +945,7 @@ def render_cell_image(label: str, size_px: int, rng: np.random.Generator, fov_um
     stain = Stain.random(rng)
     mpp = float(scan_mpp) if scan_mpp else float(rng.uniform(*SCAN_MPP_RANGE))
     n = max(8, int(round(fov_um / mpp)))
-    t, r = rng.uniform(0, 2 * np.pi), rng.uniform(0, 1.0)
+    t, r = rng.uniform(0, 2 * np.pi), rng.uniform(0, 1.5)
     main = make_wbc(label, r * math.cos(t), r * math.sin(t), rng)
     wbcs = [main]
     if rng.uniform() < 0.15:

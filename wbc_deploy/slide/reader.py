@@ -162,7 +162,8 @@ class SlideReader(ABC):
         self.close()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self.path)!r}, {self.dimensions[0]}x{self.dimensions[1]}, levels={self.level_count}, mpp={self.mpp})"
+        w, h = self.dimensions
+        return f"{type(self).__name__}({str(self.path)!r}, {w}x{h}, levels={self.level_count}, mpp={self.mpp})"
 
 
 class OpenSlideReader(SlideReader):
@@ -317,7 +318,8 @@ def _tiff_truncation(path: Path) -> str | None:
                 counts = np.asarray(page.databytecounts, dtype=np.int64)
                 if offs.size and int((offs + counts).max()) > size:
                     end = int((offs + counts).max())
-                    return f"truncated file: image data of directory {k} ends at byte {end} but the file has {size} bytes"
+                    return (f"truncated file: image data of directory {k} ends at byte {end} "
+                            f"but the file has {size} bytes")
     except Exception:  # noqa: BLE001 - not parseable as TIFF: no truncation verdict
         return None
     return None

@@ -57,6 +57,7 @@ _MIN_GAP_UM = 2.0  # WBCs that are not a touching pair keep at least this far ap
 _NUCLEUS_GAP_UM = 1.5  # nuclei of a touching pair stay at least this far apart
 _BLOCK_PX = 2048  # columns rendered at once (bounds memory on wide slides)
 _AXIS = ("x", "y")
+_ENCODE_BUFFER = 16 * 2**20  # tiles handed to the compressing threads at once (bounds memory)
 
 
 def truth_path(slide_path: str | Path) -> Path:
@@ -149,17 +150,14 @@ class _Smear:
             cx=w_um * (0.5 + rng.uniform(-0.04, 0.04)), cy=h_um * (0.5 + rng.uniform(-0.04, 0.04)),
             sx=w_um / 2.0, sy=h_um / 2.0, r0=1.0, harm=harm, feather=0.04, waves=waves,
         )
-        # scale r0 so the blob (clipped to the slide) covers the target fraction
-        g = (np.arange(200) + 0.5) / 200
+        # scale r0 so the blob (clipped to the slide) covers the target fraction: a point is
+        # inside when rho <= r0 * h(theta), so r0 is that quantile of rho / h(theta)
+        g = (np.arange(256) + 0.5) / 256
         gx, gy = np.meshgrid(g * w_um, g * h_um)
-        lo, hi = 0.2, 2.0
-        for _ in range(40):
-            smear.r0 = (lo + hi) / 2
-            if float((smear.inside(gx, gy) >= 0.5).mean()) < coverage:
-                lo = smear.r0
-            else:
-                hi = smear.r0
-        smear.r0 = (lo + hi) / 2
+        u, v = (gx - smear.cx) / smear.sx, (gy - smear.cy) / smear.sy
+        smear.r0 = 1.0
+        ratio = np.hypot(u, v) / np.maximum(smear.radius(np.arctan2(v, u)), 1e-9)
+        smear.r0 = float(np.quantile(ratio, coverage))
         return smear
 
 
@@ -454,7 +452,7 @@ def write_synthetic_slide(path: str | Path, width: int, height: int, n_cells: in
                     compression="zlib", compressionargs={"level": int(compression_level)},
                     description=desc, metadata=None, software="wbc-deploy",
                     resolution=(ppcm / ds, ppcm / ds), resolutionunit="CENTIMETER",
-                    subfiletype=0 if (k == 0 or svs) else 1, maxworkers=2,
+                    subfiletype=0 if (k == 0 or svs) else 1, maxworkers=2, buffersize=_ENCODE_BUFFER,
                 )
                 if svs and k == 0:
                     # Aperio layout: the second directory is a stripped thumbnail
