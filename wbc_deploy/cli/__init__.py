@@ -15,6 +15,7 @@ from .app import app
 
 # Command modules register themselves on import.
 from . import models_cmd  # noqa: F401,E402
+from . import benchmark_cmd  # noqa: F401,E402
 from . import export_cmd  # noqa: F401,E402
 from . import synth_cmd  # noqa: F401,E402
 from . import count_cmd  # noqa: F401,E402
