@@ -45,6 +45,7 @@ __all__ = [
     "Stain",
     "TruthCell",
     "WbcSpec",
+    "draw_label",
     "make_wbc",
     "render_cell_image",
     "render_field",
