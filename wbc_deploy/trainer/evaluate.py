@@ -1,0 +1,159 @@
+"""Evaluate a model on a class-per-folder directory: every image is scored.
+
+Evaluation is "a predict-probabilities function over a list of images" (:data:`PredictProba`), so any
+backend plugs in: :func:`torch_predictor` wraps a PyTorch checkpoint; exported ONNX models and TensorRT
+engines come through :func:`wbc_deploy.runtime.predictor.backend_predictor`. This module imports torch
+only inside :func:`torch_predictor` / :func:`load_predictor` for torch checkpoints.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..card import ModelCard
+from ..console import make_progress, warn
+from ..data.folders import Sample, index_dataset
+from ..errors import WbcError
+from ..metrics import compute_metrics
+from .report import plot_confusion
+
+#: RGB uint8 images (H x W x 3, any size) -> (N, num_classes) class probabilities in card.classes order.
+PredictProba = Callable[[Sequence[np.ndarray]], np.ndarray]
+
+
+def torch_predictor(model, card: ModelCard, device: str = "cpu") -> PredictProba:
+    """A :data:`PredictProba` over a PyTorch model, using the deployment preprocessing (``prepare_batch``)."""
+    import torch
+
+    from ..preprocess import prepare_batch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise WbcError("--device cuda was requested but no CUDA GPU is available: use --device cpu")
+    model = model.to(device).eval()
+
+    def predict(images: Sequence[np.ndarray]) -> np.ndarray:
+        batch = torch.from_numpy(prepare_batch(list(images), card)).to(device)
+        with torch.inference_mode():
+            out = model(batch)
+            logits = out if isinstance(out, torch.Tensor) else out[0]
+            return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+    return predict
+
+
+def load_predictor(model_path: str | Path, device: str = "cpu") -> tuple[PredictProba, ModelCard]:
+    """A predictor and card for MODEL: a run directory, a ``.safetensors`` checkpoint, or an exported model."""
+    path = Path(model_path).expanduser()
+    if path.suffix.lower() in (".onnx", ".engine", ".plan", ".trt"):
+        # Exported artefacts (.onnx, TensorRT engines) run through wbc_deploy.runtime's backends
+        # (issue 3): the same preprocessing contract from the file's own card, the same metrics below.
+        from ..runtime.predictor import backend_predictor
+
+        return backend_predictor(path, device)
+    from .checkpoint import load_checkpoint
+
+    model, card = load_checkpoint(path)
+    return torch_predictor(model, card, device), card
+
+
+def _load_rgb_array(path: Path) -> np.ndarray | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Exception:  # noqa: BLE001 - any decoder failure: skip and count
+        return None
+
+
+def evaluate_samples(
+    predict: PredictProba, classes: Sequence[str], samples: Sequence[Sample], batch_size: int = 32,
+    quiet: bool = False,
+) -> tuple[dict[str, Any], list[Path]]:
+    """Score ``samples`` with ``predict``; returns (metrics over ``classes``, files that could not be read)."""
+    if batch_size < 1:
+        raise WbcError(f"--batch-size must be at least 1, got {batch_size}")
+    lookup = {c: i for i, c in enumerate(classes)}
+    truth: list[int] = []
+    preds: list[int] = []
+    unreadable: list[Path] = []
+    with make_progress(quiet) as progress:
+        task = progress.add_task("scoring", total=len(samples))
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start : start + batch_size]
+            images, labels = [], []
+            for s in chunk:
+                arr = _load_rgb_array(s.path)
+                if arr is None:
+                    unreadable.append(s.path)
+                    continue
+                images.append(arr)
+                labels.append(lookup[s.label])
+            if images:
+                probs = np.asarray(predict(images))
+                if probs.shape != (len(images), len(classes)):
+                    raise WbcError(f"the model returned shape {probs.shape} for {len(images)} images of {len(classes)} classes")
+                preds.extend(np.argmax(probs, axis=1).tolist())
+                truth.extend(labels)
+            progress.update(task, advance=len(chunk))
+    if unreadable:
+        warn(f"skipped {len(unreadable)} image(s) that could not be read while scoring, e.g. {unreadable[0]}")
+    if not truth:
+        raise WbcError("no image could be scored")
+    return compute_metrics(truth, preds, classes), unreadable
+
+
+def evaluate_folder(
+    predict: PredictProba, card: ModelCard, data: str | Path, out: str | Path | None = None,
+    batch_size: int = 32, quiet: bool = False, model_name: str | None = None,
+) -> dict[str, Any]:
+    """Score every image under the class-per-folder directory ``data``; write JSON and ``confusion.png``.
+
+    Class folders are normalised; a class the model does not know is a WbcError. Metrics cover the
+    model's classes (those without images are reported as absent). The JSON holds ``OA``, ``AP``, ``AR``,
+    ``AF1``, ``per_class``, ``classes``, ``confusion``, ``absent_classes``, ``n``, ``model``, ``data``
+    and ``skipped_files``; the confusion figure is written beside it (see :func:`confusion_path`).
+    """
+    index = index_dataset(data, verify=False, allow_splits=False)
+    unknown = sorted({s.label for s in index.samples} - set(card.classes))
+    if unknown:
+        raise WbcError(
+            f"{data} has class folder(s) {', '.join(unknown)} that the model does not know "
+            f"(its classes: {', '.join(card.classes)}): remove them or evaluate a model trained on them"
+        )
+    metrics, unreadable = evaluate_samples(predict, card.classes, index.samples, batch_size, quiet)
+    result: dict[str, Any] = {
+        **metrics,
+        "model": model_name,
+        "data": str(Path(data).resolve()),
+        "skipped_files": index.skipped + len(unreadable),
+    }
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(out)
+        plot_confusion(metrics, confusion_path(out), title=f"{Path(data).name}")
+    return result
+
+
+def confusion_path(json_path: str | Path) -> Path:
+    """Where the confusion figure of a metrics JSON goes: ``confusion.png`` beside it, or
+    ``<stem>.confusion.png`` inside a training run (whose own ``confusion.png`` must not be overwritten)."""
+    json_path = Path(json_path)
+    if (json_path.parent / "model.safetensors").exists() or (json_path.parent / "last.pt").exists():
+        return json_path.with_name(f"{json_path.stem}.confusion.png")
+    return json_path.with_name("confusion.png")
+
+
+def evaluate_model(model: str | Path, data: str | Path, out: str | Path | None = None, batch_size: int = 32,
+                   quiet: bool = False, device: str = "cpu") -> dict[str, Any]:
+    """Load MODEL (run directory or .safetensors) and run :func:`evaluate_folder` on ``data``."""
+    predict, card = load_predictor(model, device)
+    return evaluate_folder(predict, card, data, out, batch_size, quiet, model_name=str(Path(model).resolve()))
