@@ -7,7 +7,8 @@ Usage:
 For each size (square, level 0 at 0.25 um/px; the two sizes should be 4x apart in area) it synthesises a
 slide once (cached in --work), then runs, each in a fresh process so peak RSS is per run:
 
-* ``count``: the whole pipeline (``count_slides``) -> seconds per stage (read, detect, crop: summed over
+* ``count``: the whole pipeline (``count_slides``, its backend warmed up first with two batches, as
+  throughput benchmarks do: ONNX Runtime's arena and speed settle over its first runs) -> seconds per stage (read, detect, crop: summed over
   the workers; infer, write: the main thread), wall and CPU seconds, WBCs/s, megapixels/s, peak RSS,
   and the stage that bounds the run;
 * ``scan``: the scan stage alone (reading + WBC detection, no crops, no inference) with the same
@@ -51,18 +52,30 @@ def cpu_seconds() -> float:
 # --------------------------------------------------------------------------- child tasks
 
 
-def task_count(slide: str, model: str, workers: int, executor: str) -> dict:
+def task_count(slide: str, model: str, workers: int, executor: str, batch_size: int) -> dict:
+    """The whole pipeline on one slide, after warming the backend (its memory and speed reach steady state)."""
+    import numpy as np
+
     from wbc_deploy.pipeline import CountOptions, count_slides
+    from wbc_deploy.runtime import open_backend
 
     out = tempfile.mkdtemp(prefix="wbc-bench-out-")
+    backend = open_backend(model)
+    s = int(backend.card.input_size)
+    t0 = time.perf_counter()
+    for _ in range(2):  # ONNX Runtime allocates its arena over the first two runs of a shape
+        backend.predict(np.zeros((batch_size, 3, s, s), np.float32))
+    warmup = time.perf_counter() - t0
     c0, t0 = cpu_seconds(), time.perf_counter()
-    run = count_slides([slide], model, out, CountOptions(quiet=True, workers=workers, executor=executor))
+    run = count_slides([slide], model, out, CountOptions(quiet=True, workers=workers, executor=executor, batch_size=batch_size),
+                       backend=backend)
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     s = run.slides[0]
     if s.status != "ok":
         raise SystemExit(f"count failed on {slide}: {s.error}")
     return {"wall_s": wall, "cpu_s": cpu, "n_wbc": s.n_wbc, "stage_s": s.stage_seconds, "tiles_total": s.tiles_total,
-            "tiles_scanned": s.tiles_scanned, "backend": s.backend, "peak_rss_mib": peak_rss_mib()}
+            "tiles_scanned": s.tiles_scanned, "windows": s.windows, "refined": s.refined, "backend": s.backend,
+            "backend_warmup_s": warmup, "batch_size": batch_size, "peak_rss_mib": peak_rss_mib()}
 
 
 def _warm(_: int) -> int:
@@ -199,6 +212,7 @@ def main() -> None:
     ap.add_argument("--wbc-per-mpx", type=float, default=1.0,
                     help="WBCs per level-0 megapixel (a normal smear at 0.25 um/px has ~1-1.5)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--executor", default="thread", choices=("thread", "process", "both"))
     ap.add_argument("--floor-tiles", default="256,1024", help="read_region sizes tried for the I/O floor")
     ap.add_argument("--seed", type=int, default=0)
@@ -231,7 +245,8 @@ def main() -> None:
         for ex in executors:
             scan = run_child("scan", slide=str(slide), workers=args.workers, executor=ex)
             scan["mpx_per_s"] = scan["area_mpx"] / scan["wall_s"]
-            count = run_child("count", slide=str(slide), model=str(args.model), workers=args.workers, executor=ex)
+            count = run_child("count", slide=str(slide), model=str(args.model), workers=args.workers, executor=ex,
+                              batch_size=args.batch_size)
             count["mpx_per_s"] = entry["area_mpx"] / count["wall_s"]
             count["wbc_per_s"] = count["n_wbc"] / count["wall_s"]
             count["bound_stage"], count["stage_wall_share_s"] = bound_stage(count["stage_s"], args.workers)

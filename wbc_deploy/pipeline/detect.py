@@ -115,8 +115,11 @@ def _outline(labels: np.ndarray, cell_id: int, bbox: tuple[int, int, int, int]) 
     return pts
 
 
-def candidate_windows(rgb: np.ndarray, plan: ScanPlan, params: SegmentParams) -> tuple[np.ndarray, np.ndarray, list[tuple[slice, slice]]]:
-    """Coarse pass over a detection-resolution image: (window label map, candidate chromatin, window slices).
+def candidate_windows(rgb: np.ndarray, plan: ScanPlan, params: SegmentParams
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[slice, slice]]]:
+    """Coarse pass over a detection-resolution image.
+
+    Returns (window label map, candidate chromatin mask, candidate nuclei per window label, window slices).
 
     Candidate chromatin is nucleus-stain density above ``plan.candidate_od``; pixels within one
     pixel fuse (the lobes of one nucleus), and groups with at least ``candidate_min_px`` chromatin
@@ -131,18 +134,22 @@ def candidate_windows(rgb: np.ndarray, plan: ScanPlan, params: SegmentParams) ->
     chromatin = nuc > plan.candidate_od
     empty = np.zeros(chromatin.shape, np.int32)
     if not chromatin.any():
-        return empty, chromatin, []
+        return empty, chromatin, np.zeros(1, np.int64), []
     fused = ndi.binary_dilation(chromatin, structure=np.ones((3, 3), bool))
     lab, n = ndi.label(fused)
     area = np.bincount(lab[chromatin], minlength=n + 1)  # chromatin pixels per fused group
     keep = area >= plan.candidate_min_px
     keep[0] = False
     if not keep.any():
-        return empty, np.zeros_like(chromatin), []
-    candidates = keep[lab] & chromatin
-    grown = ndi.maximum_filter(keep[lab].view(np.uint8), size=2 * plan.margin_px + 1) > 0
-    windows, _ = ndi.label(grown)
-    return windows, candidates, [sl for sl in ndi.find_objects(windows) if sl is not None]
+        return empty, np.zeros_like(chromatin), np.zeros(1, np.int64), []
+    kept = keep[lab]
+    candidates = kept & chromatin
+    grown = ndi.maximum_filter(kept.view(np.uint8), size=2 * plan.margin_px + 1) > 0
+    windows, n_windows = ndi.label(grown)
+    # candidate nuclei per window: a window holding several goes straight to refinement
+    pairs = np.unique(np.stack([windows[kept], lab[kept]]), axis=1)
+    groups = np.bincount(pairs[0], minlength=n_windows + 1)
+    return windows, candidates, groups, [sl for sl in ndi.find_objects(windows) if sl is not None]
 
 
 def coarse_is_enough(seg, candidates: np.ndarray, mpp: float) -> bool:
@@ -181,7 +188,7 @@ def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResu
     rgb = read_at(reader, det, tile.pad, plan.background)
     t1 = time.perf_counter()
     read_s = t1 - t0
-    windows, candidates, slices = candidate_windows(rgb, plan, job.params)
+    windows, candidates, groups, slices = candidate_windows(rgb, plan, job.params)
     px, py = tile.pad[0], tile.pad[1]
     scale = det.ds / ref.ds  # refinement px per detection px
     found: list[tuple[float, float, Detection]] = []
@@ -192,7 +199,7 @@ def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResu
         if sx.stop <= cx0 or sx.start >= cx1 or sy.stop <= cy0 or sy.start >= cy1:
             continue
         seg, res, ox, oy = None, det, sx.start + px, sy.start + py
-        if not plan.refine_all and det.ds != ref.ds:
+        if not plan.refine_all and det.ds != ref.ds and groups[k] == 1:
             coarse = segment_wbcs(rgb[sy, sx], det.mpp, job.params)
             if coarse_is_enough(coarse, candidates[sy, sx] & (windows[sy, sx] == k), det.mpp):
                 seg = coarse
