@@ -1,19 +1,23 @@
 """WBC segmentation: colour deconvolution, nucleus markers, watershed (Chen et al. 2022, physical units).
 
-Steps, all at a working resolution of at most ``params.work_mpp`` um/px:
+Steps, at a working resolution no finer than ``params.work_mpp`` um/px:
 
 1. colour deconvolution (:mod:`.stain`) into nucleus-stain, eosin and total optical densities;
-2. a cheap gate: fields whose nucleus stain never reaches ``nucleus_core_od`` return at once;
-3. binarisation of the nucleus stain (Otsu clipped to a physical range, with hysteresis), hole
-   filling and a morphological opening give the chromatin mask;
-4. per window around each candidate group only: dilation by half the lobe gap (lobes of one
-   nucleus fuse), distance transform, h-maxima by morphological reconstruction (one marker per
-   nucleus, so touching cells keep one marker each), watershed of the distance transform
-   to split fused nuclei;
-5. the watershed of the eosin-density gradient, plus a distance term so touching WBCs split
-   on their midline, from the nucleus markers against red-cell markers, delimits each cell
-   (nucleus + cytoplasm) within ``cytoplasm_max_um`` of its nucleus;
-6. candidates are kept by physical nucleus and cell area and by cell shape.
+2. a cheap gate: a field whose nucleus stain never reaches ``nucleus_core_od`` returns at once;
+3. binarisation of the nucleus stain (Otsu, clipped to a physical range, with hysteresis), hole
+   filling and a morphological opening give the chromatin mask. Everything after this runs only in
+   windows around chromatin candidates;
+4. the cell mask: chromatin plus cytoplasm (stained pixels whose stain is largely nucleus stain:
+   WBC cytoplasm is bluish-lilac, red cells are almost pure eosin), within ``cytoplasm_max_um``
+   of chromatin, holes filled. The lobes of one nucleus are joined by a dilation of half the
+   lobe gap, so they always flood into the same cell;
+5. touching cells: markers are the h-maxima of the cell mask's distance transform (morphological
+   reconstruction), and the watershed of the distance transform splits the mask; pieces of one
+   nucleus cut by that split are merged back, and a region still holding two separate nuclei is
+   split between them;
+6. when colour finds no cytoplasm (eosinophil granules are as red as red cells), the cell is the
+   round stained object around its nucleus, from the same watershed on the stained mask;
+7. candidates are kept by physical nucleus and cell area and by cell shape.
 """
 from __future__ import annotations
 
@@ -21,8 +25,9 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage as ndi
-from skimage.filters import sobel, threshold_otsu
+from skimage.filters import threshold_otsu
 from skimage.measure import regionprops
 from skimage.morphology import disk, local_maxima, reconstruction
 from skimage.segmentation import watershed
@@ -33,7 +38,13 @@ from .stain import as_rgb_uint8, densities, estimate_background
 
 @dataclass(frozen=True)
 class Cell:
-    """One segmented WBC. Coordinates are pixels of the input image; ``bbox`` is half-open."""
+    """One segmented WBC. Coordinates are pixels of the input image, where pixel (i, j) spans
+    [i, i+1) x [j, j+1) (so a centroid is continuous); ``bbox`` is half-open.
+
+    ``solidity`` and ``eccentricity`` describe the whole-cell outline and ``n_lobes`` counts the
+    nucleus pieces, all measured at the working resolution. ``touches_border``: the cell is cut by
+    the image edge (its area is then partial).
+    """
 
     cell_id: int
     x: float
@@ -63,76 +74,75 @@ class Segmentation:
         return len(self.cells)
 
 
+@dataclass
+class _Found:
+    """A cell accepted at the working resolution (shape statistics measured there)."""
+
+    n_lobes: int
+    solidity: float
+    eccentricity: float
+
+
 def segment_wbcs(rgb: np.ndarray, mpp: float, params: SegmentParams | None = None) -> Segmentation:
     """Find and delimit every white blood cell of an RGB field at ``mpp`` micrometres per pixel.
 
     ``rgb`` is H x W x 3 (uint8, or float in 0..1). Returns whole-cell and nucleus instance labels
-    (int32, ids 1..n in raster order of the cell centroids) and a :class:`Cell` per id.
+    (int32 at the input resolution, ids 1..n ordered by centroid row then column) and a
+    :class:`Cell` per id. Raises ValueError for a bad ``mpp`` or image shape.
     """
     params = params or SegmentParams()
-    if not (isinstance(mpp, (int, float)) and math.isfinite(mpp) and mpp > 0):
+    if isinstance(mpp, bool) or not isinstance(mpp, (int, float)) or not math.isfinite(mpp) or mpp <= 0:
         raise ValueError(f"mpp must be a positive number of micrometres per pixel, got {mpp!r}")
     rgb = as_rgb_uint8(rgb)
     height, width = rgb.shape[:2]
-    bg = np.asarray(params.background_rgb if params.background_rgb is not None else estimate_background(rgb), dtype=np.float64)
-    empty = Segmentation(
+    bg = np.asarray(params.background_rgb if params.background_rgb is not None else estimate_background(rgb),
+                    dtype=np.float64)
+    result = Segmentation(
         labels=np.zeros((height, width), np.int32), nuclei=np.zeros((height, width), np.int32),
-        mpp=float(mpp), threshold=params.nucleus_od_max, background=tuple(float(v) for v in bg),
+        mpp=float(mpp), threshold=params.nucleus_od_max, background=(float(bg[0]), float(bg[1]), float(bg[2])),
     )
     if height == 0 or width == 0:
-        return empty
+        return result
 
     factor = max(1, int(math.floor(params.work_mpp / mpp + 1e-6)))
     work_mpp = mpp * factor
-    if factor > 1:
-        small = _block_mean_rgb(rgb, factor)
-        nuc_od, eos_od, tot_od = densities(small, bg, params)
-    else:
-        nuc_od, eos_od, tot_od = densities(rgb, bg, params)
+    work_rgb = _block_mean_rgb(rgb, factor) if factor > 1 else rgb
+    nuc_od, eos_od, tot_od = densities(work_rgb, bg, params)
 
     # Cheap gate: no chromatin-dark pixel at all -> no WBC.
     if float(nuc_od.max()) < params.nucleus_core_od:
-        return empty
+        return result
     threshold = _nucleus_threshold(nuc_od, params)
-    empty.threshold = threshold
+    result.threshold = threshold
     chromatin = _chromatin_mask(nuc_od, threshold, work_mpp, params)
     if not chromatin.any():
-        return empty
+        return result
 
     work_labels = np.zeros(nuc_od.shape, np.int32)
     work_nuclei = np.zeros(nuc_od.shape, np.int32)
-    next_id = 1
+    found: dict[int, _Found] = {}
     margin = int(math.ceil((params.cytoplasm_max_um + params.lobe_gap_um) / work_mpp)) + 3
     stained_od = _stained_threshold(tot_od, params)
     for sl in _candidate_windows(chromatin, margin):
-        next_id = _segment_window(
-            sl, chromatin, nuc_od, eos_od, tot_od, stained_od, work_mpp, params, work_labels, work_nuclei, next_id,
-        )
-    if next_id == 1:
-        return empty
-    return _finalise(work_labels, work_nuclei, nuc_od, rgb, bg, factor, mpp, threshold, params, empty)
+        _segment_window(sl, chromatin, nuc_od, eos_od, tot_od, stained_od, work_mpp, params,
+                        work_labels, work_nuclei, found)
+    if not found:
+        return result
+    return _finalise(work_labels, work_nuclei, found, rgb, bg, factor, params, result)
 
 
 # --------------------------------------------------------------------------- steps
 
 
 def _block_mean_rgb(rgb: np.ndarray, factor: int) -> np.ndarray:
-    """Average ``factor`` x ``factor`` blocks (edges replicated up to a whole block), rounded to uint8."""
-    h, w = rgb.shape[:2]
-    ph, pw = (-h) % factor, (-w) % factor
-    if ph or pw:
-        rgb = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge")
-    hh, ww = rgb.shape[0] // factor, rgb.shape[1] // factor
-    blocks = rgb.reshape(hh, factor, ww, factor, 3).astype(np.uint32).sum(axis=(1, 3))
-    n = factor * factor
-    return ((blocks + n // 2) // n).astype(np.uint8)
+    """Average ``factor`` x ``factor`` blocks (Pillow's box reduction; partial edge blocks too)."""
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).reduce(factor), dtype=np.uint8)
 
 
 def _nucleus_threshold(nuc_od: np.ndarray, params: SegmentParams) -> float:
     """Otsu's threshold of the nucleus stain, clipped to the physical chromatin range."""
-    sample = nuc_od[::2, ::2]
     try:
-        t = float(threshold_otsu(sample))
+        t = float(threshold_otsu(nuc_od[::2, ::2]))
     except ValueError:  # constant image
         t = params.nucleus_od_max
     return float(min(max(t, params.nucleus_od_min), params.nucleus_od_max))
@@ -153,17 +163,16 @@ def _disk(radius_px: float) -> np.ndarray | None:
 
 
 def _chromatin_mask(nuc_od: np.ndarray, threshold: float, work_mpp: float, params: SegmentParams) -> np.ndarray:
-    """Binarise (hysteresis), fill holes, open: the chromatin of every candidate nucleus."""
+    """Binarise (hysteresis: above ``threshold``, connected to a core above ``nucleus_core_od``),
+    fill holes, open: the chromatin of every candidate nucleus."""
     low = nuc_od > threshold
-    high = nuc_od > max(threshold, params.nucleus_core_od)
     lab, n = ndi.label(low)
     if n == 0:
         return low
     keep = np.zeros(n + 1, bool)
-    keep[np.unique(lab[high])] = True
+    keep[np.unique(lab[nuc_od > max(threshold, params.nucleus_core_od)])] = True
     keep[0] = False
-    mask = keep[lab]
-    mask = ndi.binary_fill_holes(mask)
+    mask = ndi.binary_fill_holes(keep[lab])
     selem = _disk(params.open_radius_um / work_mpp)
     if selem is not None:
         mask = ndi.binary_opening(mask, structure=selem)
@@ -172,14 +181,11 @@ def _chromatin_mask(nuc_od: np.ndarray, threshold: float, work_mpp: float, param
 
 def _candidate_windows(mask: np.ndarray, margin: int) -> list[tuple[slice, slice]]:
     """Bounding boxes of mask components grown by ``margin``, merged until no two overlap."""
-    lab, n = ndi.label(mask)
+    lab, _ = ndi.label(mask)
     h, w = mask.shape
-    boxes = []
-    for sl in ndi.find_objects(lab):
-        if sl is None:
-            continue
-        boxes.append([max(0, sl[0].start - margin), max(0, sl[1].start - margin),
-                      min(h, sl[0].stop + margin), min(w, sl[1].stop + margin)])
+    boxes = [[max(0, sl[0].start - margin), max(0, sl[1].start - margin),
+              min(h, sl[0].stop + margin), min(w, sl[1].stop + margin)]
+             for sl in ndi.find_objects(lab) if sl is not None]
     merged = True
     while merged and len(boxes) > 1:
         merged = False
@@ -263,15 +269,17 @@ def _split_by_nuclei(regions: np.ndarray, chrom: np.ndarray, fused: np.ndarray, 
     sizes = ndi.sum_labels(chrom, groups, np.arange(1, n + 1))
     big = np.zeros(n + 1, bool)
     big[1:] = sizes >= min_px
-    sel = (regions > 0) & (groups > 0) & big[groups]
+    sel = (regions > 0) & big[groups]
+    if not sel.any():
+        return regions
     pairs = np.unique(np.stack([regions[sel], groups[sel]]), axis=1)
     labs, counts = np.unique(pairs[0], return_counts=True)
     out = regions.copy()
     next_label = int(regions.max()) + 1
     for lab in labs[counts >= 2]:
         inside = regions == lab
-        markers = np.where(inside & big[groups] & (groups > 0), groups, 0)
-        dist = ndi.distance_transform_edt(~(markers > 0))
+        markers = np.where(inside & big[groups], groups, 0)
+        dist = ndi.distance_transform_edt(markers == 0)
         split = watershed(dist, markers, mask=inside)
         for g in np.unique(split[split > 0]):
             out[split == g] = next_label
@@ -294,9 +302,9 @@ def _basin_owners(basins: np.ndarray, chrom_labels: np.ndarray, min_px: float) -
     return owner
 
 
-def _segment_window(sl, chromatin, nuc_od, eos_od, tot_od, stained_od, work_mpp, params, out_labels, out_nuclei,
-                    next_id) -> int:
-    """Segment the cells of one window into ``out_labels``/``out_nuclei``; returns the next free id."""
+def _segment_window(sl, chromatin, nuc_od, eos_od, tot_od, stained_od, work_mpp, params,
+                    out_labels, out_nuclei, found: dict[int, _Found]) -> None:
+    """Segment the cells of one window into ``out_labels``/``out_nuclei`` (new ids recorded in ``found``)."""
     chrom = chromatin[sl]
     sigma = 0.3 / work_mpp
     if sigma >= 0.5:
@@ -309,53 +317,54 @@ def _segment_window(sl, chromatin, nuc_od, eos_od, tot_od, stained_od, work_mpp,
     cyto = (tot > params.cell_od_min) & (share > params.cytoplasm_min_share)
     dist_nuc = ndi.distance_transform_edt(~chrom) * work_mpp  # um to the nearest chromatin
     reach = dist_nuc <= params.cytoplasm_max_um
-    selem = _disk(0.5 * params.lobe_gap_um / work_mpp)
-    fused = ndi.binary_dilation(chrom, structure=selem) if selem is not None else chrom
-    # The cell mask (chromatin + cytoplasm by colour); the lobes of one nucleus are joined by the
-    # dilation so they flood together, but the split is decided on the cell outline alone.
+    fused = dist_nuc <= 0.5 * params.lobe_gap_um  # dilation by half the lobe gap (exact, Euclidean)
+    # The cell mask; the lobes of one nucleus are joined by the dilation so that they flood
+    # together, but the split is decided on the cell outline alone.
     shape = ndi.binary_fill_holes((chrom | cyto) & reach)
     flood = shape | fused
     comp, _ = ndi.label(flood)
     keep = np.isin(comp, np.unique(comp[chrom]))
-    # Touching cells: one marker per maximum of the cell mask's distance transform, watershed of it.
-    regions = _split(shape & keep, params.split_h_um / work_mpp, flood & keep)
+    h_px = params.split_h_um / work_mpp
+    regions = _split(shape & keep, h_px, flood & keep)
     regions = _merge_by_chromatin(regions, chrom, work_mpp, params)
     regions = _split_by_nuclei(regions, chrom, fused, params.nucleus_area_min_um2 / (work_mpp * work_mpp))
 
     px_area = work_mpp * work_mpp
     h, w = out_labels.shape
     solid = chrom | cyto
-    # Cytoplasm whose colour is no help (eosinophil granules are as red as red cells): split the
-    # stained mask into round objects (watershed of its distance transform) and give each cell the
-    # objects in which it holds most of the chromatin.
-    stained = ndi.binary_fill_holes((tot > stained_od) | chrom) & reach
-    basins = _split(stained, params.split_h_um / work_mpp)
-    owner = _basin_owners(basins, np.where(chrom, regions, 0), params.nucleus_area_min_um2 * 0.5 / px_area)
-    by_basin = owner[basins]
     smooth = _disk(params.cell_open_um / work_mpp)
+    by_basin: np.ndarray | None = None  # computed once, only if some cell needs it
     for region in regionprops(regions):
         r0, c0, r1, c1 = region.bbox
         inside = region.image
-        nuc_mask = chrom[r0:r1, c0:c1] & inside
-        nuc_area = float(nuc_mask.sum()) * px_area
+        nuc_area = float((chrom[r0:r1, c0:c1] & inside).sum()) * px_area
         if not (params.nucleus_area_min_um2 <= nuc_area <= params.nucleus_area_max_um2):
             continue
         colour_area = float((inside & solid[r0:r1, c0:c1]).sum()) * px_area
-        mine = by_basin == region.label
-        if colour_area >= params.cytoplasm_min_ratio * nuc_area:
-            mine = np.zeros_like(mine)  # the cytoplasm was found by colour: trust it
-        if mine.any():
-            rows, cols = np.nonzero(mine)
-            r0, c0 = min(r0, rows.min()), min(c0, cols.min())
-            r1, c1 = max(r1, rows.max() + 1), max(c1, cols.max() + 1)
+        grown = False
+        if colour_area < params.cytoplasm_min_ratio * nuc_area:
+            # No cytoplasm by colour: take the stained objects (watershed of the stained mask's
+            # distance transform) in which this cell holds most of the chromatin.
+            if by_basin is None:
+                stained = ndi.binary_fill_holes((tot > stained_od) | chrom) & reach
+                basins = _split(stained, h_px)
+                owner = _basin_owners(basins, np.where(chrom, regions, 0), params.nucleus_area_min_um2 * 0.5 / px_area)
+                by_basin = owner[basins]
+            mine = by_basin == region.label
+            if mine.any():
+                grown = True
+                rows, cols = np.nonzero(mine)
+                r0, c0 = min(r0, int(rows.min())), min(c0, int(cols.min()))
+                r1, c1 = max(r1, int(rows.max()) + 1), max(c1, int(cols.max()) + 1)
         inside = regions[r0:r1, c0:c1] == region.label
         nuc_mask = chrom[r0:r1, c0:c1] & inside
-        others = (regions[r0:r1, c0:c1] > 0) & ~inside
-        grown = (inside & solid[r0:r1, c0:c1]) | (mine[r0:r1, c0:c1] & ~others)
-        cell_mask = ndi.binary_fill_holes(grown)
+        cell = inside & solid[r0:r1, c0:c1]
+        if grown:
+            cell |= (by_basin[r0:r1, c0:c1] == region.label) & (inside | (regions[r0:r1, c0:c1] == 0))
+        cell_mask = ndi.binary_fill_holes(cell)
         if smooth is not None:  # cut thin cytoplasm-coloured spurs along red-cell rims
-            cell_mask = ndi.binary_opening(np.pad(cell_mask, smooth.shape[0]), structure=smooth)
-            cell_mask = cell_mask[smooth.shape[0]:-smooth.shape[0], smooth.shape[0]:-smooth.shape[0]] | nuc_mask
+            pad = smooth.shape[0]
+            cell_mask = ndi.binary_opening(np.pad(cell_mask, pad), structure=smooth)[pad:-pad, pad:-pad] | nuc_mask
         lab, n = ndi.label(cell_mask)
         if n > 1:  # keep the parts that hold chromatin, drop stray cytoplasm-coloured bits
             cell_mask = np.isin(lab, np.unique(lab[nuc_mask]))
@@ -365,65 +374,79 @@ def _segment_window(sl, chromatin, nuc_od, eos_od, tot_od, stained_od, work_mpp,
         gr0, gc0 = sl[0].start + r0, sl[1].start + c0
         gr1, gc1 = gr0 + (r1 - r0), gc0 + (c1 - c0)
         border = gr0 == 0 or gc0 == 0 or gr1 >= h or gc1 >= w
+        props = regionprops(cell_mask.astype(np.uint8))[0]
         # Shape limits apply to outlines found by colour; a cell grown from its stained object
-        # (cytoplasm invisible by colour) has the uncertain outline of whatever touches it.
-        if not border and not mine.any():
-            props = regionprops(cell_mask.astype(np.uint8))[0]
-            if props.solidity < params.min_solidity or props.eccentricity > params.max_eccentricity:
-                continue
+        # has the uncertain outline of whatever touches it, and a cut cell is not round.
+        if not border and not grown and (props.solidity < params.min_solidity
+                                         or props.eccentricity > params.max_eccentricity):
+            continue
         target = out_labels[gr0:gr1, gc0:gc1]
-        free = cell_mask & (target == 0)
+        free = cell_mask & (target == 0)  # a filled hole may hold an earlier cell: never overwrite it
         nuc_mask &= free
-        target[free] = next_id
-        out_nuclei[gr0:gr1, gc0:gc1][nuc_mask] = next_id
-        next_id += 1
-    return next_id
+        if not nuc_mask.any():
+            continue
+        cell_id = len(found) + 1
+        target[free] = cell_id
+        out_nuclei[gr0:gr1, gc0:gc1][nuc_mask] = cell_id
+        found[cell_id] = _Found(n_lobes=int(ndi.label(nuc_mask)[1]), solidity=float(props.solidity),
+                                eccentricity=float(props.eccentricity))
 
 
-def _finalise(work_labels, work_nuclei, nuc_od_work, rgb, bg, factor, mpp, threshold, params, empty) -> Segmentation:
-    """Bring labels to the input resolution, renumber in raster order of centroids, measure cells."""
+def _finalise(work_labels, work_nuclei, found: dict[int, _Found], rgb, bg, factor, params,
+              result: Segmentation) -> Segmentation:
+    """Bring labels to the input resolution, renumber by centroid, measure each cell."""
     height, width = rgb.shape[:2]
+    mpp = result.mpp
     if factor > 1:
         rows = np.minimum(np.arange(height) // factor, work_labels.shape[0] - 1)
         cols = np.minimum(np.arange(width) // factor, work_labels.shape[1] - 1)
         labels = work_labels[rows[:, None], cols[None, :]]
-        coarse_nuc = work_nuclei[rows[:, None], cols[None, :]]
-        # Crisp nucleus outline at full resolution, inside the (blocky) working-resolution nucleus.
-        nuc_full = densities(rgb, bg, params)[0]
-        nuclei = np.where(nuc_full > threshold, coarse_nuc, 0).astype(np.int32)
+        coarse_nuclei = work_nuclei[rows[:, None], cols[None, :]]
     else:
-        labels, nuclei, nuc_full = work_labels, work_nuclei, nuc_od_work
-
-    n = int(labels.max())
-    ids = np.arange(1, n + 1)
-    ones = np.ones(labels.shape, np.float64)
-    count = ndi.sum_labels(ones, labels, ids)
-    present = count > 0
-    cy, cx = (np.asarray(c) for c in zip(*ndi.center_of_mass(ones, labels, ids))) if n else ([], [])
-    # Renumber by centroid (row, then column) so ids are deterministic and readable.
-    order = [i for i in np.lexsort((cx, cy)) if present[i]]
+        labels, coarse_nuclei = work_labels, work_nuclei
+    n = len(found)
+    flat = labels.ravel()
+    count = np.bincount(flat, minlength=n + 1).astype(np.float64)
+    yy, xx = np.divmod(np.arange(flat.size, dtype=np.int64), width)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cy = np.bincount(flat, weights=yy, minlength=n + 1) / count + 0.5  # pixel (i, j) spans [i, i+1)
+        cx = np.bincount(flat, weights=xx, minlength=n + 1) / count + 0.5
+    old_ids = [i for i in range(1, n + 1) if count[i] > 0]
+    old_ids.sort(key=lambda i: (round(cy[i], 6), round(cx[i], 6), i))
     remap = np.zeros(n + 1, np.int32)
-    for new, old in enumerate(order, start=1):
-        remap[old + 1] = new
+    for new, old in enumerate(old_ids, start=1):
+        remap[old] = new
     labels = remap[labels]
-    nuclei = remap[nuclei]
-    px_area = mpp * mpp
-    objects = ndi.find_objects(labels)
-    nuc_count = ndi.sum_labels(np.ones(labels.shape, np.float64), nuclei, np.arange(1, len(order) + 1))
-    nuc_mean_od = ndi.mean(nuc_full, nuclei, np.arange(1, len(order) + 1)) if order else []
+    coarse_nuclei = remap[coarse_nuclei]
+
+    nuclei = np.zeros_like(labels)
     cells: list[Cell] = []
-    for new, old in enumerate(order, start=1):
-        sl = objects[new - 1]
-        region = labels[sl] == new
-        lobes = ndi.label(nuclei[sl] == new)[1]
-        props = regionprops(region.astype(np.uint8))[0]
+    px_area = mpp * mpp
+    threshold = result.threshold
+    for new, (sl, old) in enumerate(zip(ndi.find_objects(labels, max_label=len(old_ids)), old_ids), start=1):
+        coarse = coarse_nuclei[sl] == new
+        if factor > 1:
+            # Crisp nucleus outline at full resolution, inside the (blocky) working-resolution nucleus.
+            nuc_full = densities(rgb[sl], bg, params)[0]
+            nuc = coarse & (nuc_full > threshold)
+            if not nuc.any():
+                nuc = coarse
+        else:
+            nuc_full = None
+            nuc = coarse
+        nuclei[sl][nuc] = new
         y0, x0, y1, x1 = sl[0].start, sl[1].start, sl[0].stop, sl[1].stop
+        if nuc_full is None:
+            nuc_full = densities(rgb[sl], bg, params)[0]
+        stats = found[old]
         cells.append(Cell(
             cell_id=new, x=float(cx[old]), y=float(cy[old]), bbox=(int(x0), int(y0), int(x1), int(y1)),
-            area_um2=float(count[old]) * px_area, nucleus_area_um2=float(nuc_count[new - 1]) * px_area,
-            n_lobes=int(lobes), solidity=float(props.solidity), eccentricity=float(props.eccentricity),
-            nucleus_od=float(nuc_mean_od[new - 1]) if nuc_count[new - 1] else 0.0,
-            touches_border=bool(x0 == 0 or y0 == 0 or x1 >= labels.shape[1] or y1 >= labels.shape[0]),
+            area_um2=float(count[old]) * px_area, nucleus_area_um2=float(nuc.sum()) * px_area,
+            n_lobes=stats.n_lobes, solidity=stats.solidity, eccentricity=stats.eccentricity,
+            nucleus_od=float(nuc_full[nuc].mean()) if nuc.any() else 0.0,
+            touches_border=bool(x0 == 0 or y0 == 0 or x1 >= width or y1 >= height),
         ))
-    return Segmentation(labels=labels.astype(np.int32), nuclei=nuclei.astype(np.int32), cells=cells,
-                        mpp=float(mpp), threshold=float(threshold), background=empty.background)
+    result.labels = labels.astype(np.int32, copy=False)
+    result.nuclei = nuclei
+    result.cells = cells
+    return result

@@ -14,45 +14,46 @@ RBC_DIAMETER_UM: float = 7.5
 
 
 def estimate_mpp(rgb: np.ndarray, rbc_diameter_um: float = RBC_DIAMETER_UM, min_cells: int = 5) -> float | None:
-    """Microns per pixel estimated from the red cells of an RGB field, or None if too few are seen.
+    """Microns per pixel estimated from the red cells of an RGB field, or None if it cannot be told.
 
-    Stained pixels (total OD above Otsu's threshold, red-cell pallor filled) are split into
-    components; isolated, round components that are not WBCs (little nucleus stain) and do not
-    touch the border are red cells. Their median equivalent diameter is ``rbc_diameter_um``.
+    Stained pixels (total OD above Otsu's threshold, clipped to the glass/cell range; red-cell
+    pallor filled) are split into connected objects. Isolated, round objects without nucleus stain
+    that do not touch the border are single red cells; their area-weighted median equivalent
+    diameter (specks and platelets weigh little) is taken as ``rbc_diameter_um``. Returns None when
+    fewer than ``min_cells`` such cells agree (crowded fields where red cells overlap, blank fields):
+    the caller should then ask for ``--mpp``.
     """
     rgb = as_rgb_uint8(rgb)
     h, w = rgb.shape[:2]
     if h < 16 or w < 16:
         return None
     params = SegmentParams()
-    bg = estimate_background(rgb)
-    nuc, _eos, total = densities(rgb, bg, params)
+    nuc, _eos, total = densities(rgb, estimate_background(rgb), params)
     try:
         t = float(threshold_otsu(total[::2, ::2]))
-    except ValueError:
+    except ValueError:  # a constant image
         return None
-    t = max(t, params.cell_od_min)
-    stained = ndi.binary_fill_holes(total > t)
-    stained = ndi.binary_opening(stained, iterations=1)
+    t = min(max(t, params.stained_od_min), params.stained_od_max)
+    stained = ndi.binary_opening(ndi.binary_fill_holes(total > t), iterations=1)
     lab, n = ndi.label(stained)
     if n == 0:
         return None
     diameters = []
     for region in regionprops(lab, intensity_image=nuc):
         r0, c0, r1, c1 = region.bbox
-        if r0 == 0 or c0 == 0 or r1 >= h or c1 >= w or region.area < 50:
+        if r0 == 0 or c0 == 0 or r1 >= h or c1 >= w or region.area < 20:
             continue
-        if region.solidity < 0.93 or region.eccentricity > 0.75:
+        if region.solidity < 0.9 or region.eccentricity > 0.8:  # clumps and overlapping cells
             continue
-        if region.intensity_max > params.nucleus_core_od:  # a WBC or a cell with a platelet on it
+        if region.intensity_max > params.nucleus_core_od:  # a WBC, or a platelet on a red cell
             continue
         diameters.append(region.equivalent_diameter_area)
     if len(diameters) < min_cells:
         return None
-    d = np.asarray(diameters)
-    # Isolated round cells dominate; drop outliers (fragments, doublets that passed the shape test).
-    med = np.median(d)
-    d = d[(d > 0.7 * med) & (d < 1.3 * med)]
-    if len(d) < min_cells:
+    d = np.sort(np.asarray(diameters))
+    weight = np.cumsum(d * d) / np.sum(d * d)
+    typical = d[min(int(np.searchsorted(weight, 0.5)), d.size - 1)]
+    cells = d[(d > 0.75 * typical) & (d < 1.3 * typical)]
+    if cells.size < min_cells or np.std(cells) > 0.15 * np.mean(cells):
         return None
-    return float(rbc_diameter_um / np.median(d))
+    return float(rbc_diameter_um / np.median(cells))
