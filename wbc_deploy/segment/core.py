@@ -33,7 +33,7 @@ from skimage.morphology import disk, local_maxima, reconstruction
 from skimage.segmentation import watershed
 
 from .params import SegmentParams
-from .stain import as_rgb_uint8, densities, estimate_background
+from .stain import apply_table, as_rgb_uint8, density_tables, estimate_background
 
 
 @dataclass(frozen=True)
@@ -107,28 +107,32 @@ def segment_wbcs(rgb: np.ndarray, mpp: float, params: SegmentParams | None = Non
     factor = max(1, int(math.floor(params.work_mpp / mpp + 1e-6)))
     work_mpp = mpp * factor
     work_rgb = _block_mean_rgb(rgb, factor) if factor > 1 else rgb
-    nuc_od, eos_od, tot_od = densities(work_rgb, bg, params)
+    tables = density_tables(bg, params)
+    nuc_od = apply_table(tables[0], work_rgb)
 
     # Cheap gate: no chromatin-dark pixel at all -> no WBC.
     if float(nuc_od.max()) < params.nucleus_core_od:
         return result
     threshold = _nucleus_threshold(nuc_od, params)
     result.threshold = threshold
-    chromatin = _chromatin_mask(nuc_od, threshold, work_mpp, params)
-    if not chromatin.any():
+    candidates = _hysteresis(nuc_od, threshold, max(threshold, params.nucleus_core_od))
+    if not candidates.any():
         return result
 
     work_labels = np.zeros(nuc_od.shape, np.int32)
     work_nuclei = np.zeros(nuc_od.shape, np.int32)
     found: dict[int, _Found] = {}
     margin = int(math.ceil((params.cytoplasm_max_um + params.lobe_gap_um) / work_mpp)) + 3
-    stained_od = _stained_threshold(tot_od, params)
-    for sl in _candidate_windows(chromatin, margin):
-        _segment_window(sl, chromatin, nuc_od, eos_od, tot_od, stained_od, work_mpp, params,
-                        work_labels, work_nuclei, found)
+    min_px = params.nucleus_area_min_um2 / (work_mpp * work_mpp)
+    stained_od = _stained_threshold(apply_table(tables[2], work_rgb[::4, ::4]), params)
+    for sl in _candidate_windows(candidates, margin):
+        if candidates[sl].sum() < min_px:  # not enough chromatin here for even one nucleus
+            continue
+        _segment_window(sl, candidates[sl], nuc_od[sl], work_rgb[sl], tables, threshold, stained_od, work_mpp,
+                        params, work_labels, work_nuclei, found)
     if not found:
         return result
-    return _finalise(work_labels, work_nuclei, found, rgb, bg, factor, params, result)
+    return _finalise(work_labels, work_nuclei, found, rgb, tables, factor, result)
 
 
 # --------------------------------------------------------------------------- steps
@@ -162,17 +166,32 @@ def _disk(radius_px: float) -> np.ndarray | None:
     return disk(r).astype(bool) if r >= 1 else None
 
 
-def _chromatin_mask(nuc_od: np.ndarray, threshold: float, work_mpp: float, params: SegmentParams) -> np.ndarray:
-    """Binarise (hysteresis: above ``threshold``, connected to a core above ``nucleus_core_od``),
-    fill holes, open: the chromatin of every candidate nucleus."""
-    low = nuc_od > threshold
-    lab, n = ndi.label(low)
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill holes: background components that do not touch the border (faster than iterative filling)."""
+    lab, n = ndi.label(~mask)
     if n == 0:
-        return low
+        return mask
+    border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    hole = np.ones(n + 1, bool)
+    hole[border] = False
+    hole[0] = False
+    return mask | hole[lab]
+
+
+def _hysteresis(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Pixels above ``low`` connected to a pixel above ``high``."""
+    lab, n = ndi.label(values > low)
+    if n == 0:
+        return np.zeros(values.shape, bool)
     keep = np.zeros(n + 1, bool)
-    keep[np.unique(lab[nuc_od > max(threshold, params.nucleus_core_od)])] = True
+    keep[np.unique(lab[values > high])] = True
     keep[0] = False
-    mask = ndi.binary_fill_holes(keep[lab])
+    return keep[lab]
+
+
+def _chromatin_mask(candidates: np.ndarray, work_mpp: float, params: SegmentParams) -> np.ndarray:
+    """Fill holes in and open the thresholded nucleus stain: the chromatin of candidate nuclei."""
+    mask = _fill_holes(candidates)
     selem = _disk(params.open_radius_um / work_mpp)
     if selem is not None:
         mask = ndi.binary_opening(mask, structure=selem)
@@ -224,6 +243,15 @@ def _split(shape: np.ndarray, h_px: float, flood: np.ndarray | None = None) -> n
     return watershed(-dist, markers, mask=flood)
 
 
+def _pair_counts(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (a, b) label pairs (2 x k, sorted) and how often each occurs."""
+    a = a.astype(np.int64)
+    b = b.astype(np.int64)
+    base = int(b.max()) + 1 if b.size else 1
+    keys, counts = np.unique(a * base + b, return_counts=True)
+    return np.stack([keys // base, keys % base]), counts
+
+
 def _merge_by_chromatin(regions: np.ndarray, chrom: np.ndarray, work_mpp: float, params: SegmentParams) -> np.ndarray:
     """Undo a shape split that cut a small piece off a nucleus: merge it back into its owner.
 
@@ -241,7 +269,7 @@ def _merge_by_chromatin(regions: np.ndarray, chrom: np.ndarray, work_mpp: float,
     sel = (comp > 0) & (regions > 0)
     if n == 0 or not sel.any():
         return regions
-    pairs, counts = np.unique(np.stack([comp[sel], regions[sel]]), axis=1, return_counts=True)
+    pairs, counts = _pair_counts(comp[sel], regions[sel])
     own = np.bincount(regions[chrom & (regions > 0)], minlength=int(regions.max()) + 1)
     remap = np.arange(int(regions.max()) + 1)
     for c in np.unique(pairs[0]):
@@ -272,7 +300,7 @@ def _split_by_nuclei(regions: np.ndarray, chrom: np.ndarray, fused: np.ndarray, 
     sel = (regions > 0) & big[groups]
     if not sel.any():
         return regions
-    pairs = np.unique(np.stack([regions[sel], groups[sel]]), axis=1)
+    pairs, _ = _pair_counts(regions[sel], groups[sel])
     labs, counts = np.unique(pairs[0], return_counts=True)
     out = regions.copy()
     next_label = int(regions.max()) + 1
@@ -294,7 +322,7 @@ def _basin_owners(basins: np.ndarray, chrom_labels: np.ndarray, min_px: float) -
     sel = (basins > 0) & (chrom_labels > 0)
     if nb == 0 or not sel.any():
         return owner
-    pairs, counts = np.unique(np.stack([basins[sel], chrom_labels[sel]]), axis=1, return_counts=True)
+    pairs, counts = _pair_counts(basins[sel], chrom_labels[sel])
     best = np.zeros(nb + 1)
     for (b, k), n in zip(pairs.T, counts):
         if n >= min_px and n > best[b]:
@@ -302,15 +330,19 @@ def _basin_owners(basins: np.ndarray, chrom_labels: np.ndarray, min_px: float) -
     return owner
 
 
-def _segment_window(sl, chromatin, nuc_od, eos_od, tot_od, stained_od, work_mpp, params,
+def _segment_window(sl, candidates, nuc_od, rgb, tables, threshold, stained_od, work_mpp, params,
                     out_labels, out_nuclei, found: dict[int, _Found]) -> None:
-    """Segment the cells of one window into ``out_labels``/``out_nuclei`` (new ids recorded in ``found``)."""
-    chrom = chromatin[sl]
+    """Segment the cells of one window into ``out_labels``/``out_nuclei`` (new ids recorded in ``found``).
+
+    ``candidates``, ``nuc_od`` and ``rgb`` are the window's crops at the working resolution.
+    """
+    chrom = _chromatin_mask(candidates, work_mpp, params)
+    if not chrom.any():
+        return
+    nuc, eos, tot = nuc_od, apply_table(tables[1], rgb), apply_table(tables[2], rgb)
     sigma = 0.3 / work_mpp
     if sigma >= 0.5:
-        nuc, eos, tot = (ndi.gaussian_filter(a[sl], sigma) for a in (nuc_od, eos_od, tot_od))
-    else:
-        nuc, eos, tot = nuc_od[sl], eos_od[sl], tot_od[sl]
+        nuc, eos, tot = (ndi.gaussian_filter(a, sigma) for a in (nuc, eos, tot))
     # WBC cytoplasm is stained and bluish-lilac: a large share of its stain is the nucleus stain,
     # whereas red cells (and glass noise) are almost pure eosin.
     share = nuc / np.maximum(np.abs(nuc) + np.abs(eos), 1e-3)
@@ -320,7 +352,7 @@ def _segment_window(sl, chromatin, nuc_od, eos_od, tot_od, stained_od, work_mpp,
     fused = dist_nuc <= 0.5 * params.lobe_gap_um  # dilation by half the lobe gap (exact, Euclidean)
     # The cell mask; the lobes of one nucleus are joined by the dilation so that they flood
     # together, but the split is decided on the cell outline alone.
-    shape = ndi.binary_fill_holes((chrom | cyto) & reach)
+    shape = _fill_holes((chrom | cyto) & reach)
     flood = shape | fused
     comp, _ = ndi.label(flood)
     keep = np.isin(comp, np.unique(comp[chrom]))
@@ -346,7 +378,7 @@ def _segment_window(sl, chromatin, nuc_od, eos_od, tot_od, stained_od, work_mpp,
             # No cytoplasm by colour: take the stained objects (watershed of the stained mask's
             # distance transform) in which this cell holds most of the chromatin.
             if by_basin is None:
-                stained = ndi.binary_fill_holes((tot > stained_od) | chrom) & reach
+                stained = _fill_holes((tot > stained_od) | chrom) & reach
                 basins = _split(stained, h_px)
                 owner = _basin_owners(basins, np.where(chrom, regions, 0), params.nucleus_area_min_um2 * 0.5 / px_area)
                 by_basin = owner[basins]
@@ -361,7 +393,7 @@ def _segment_window(sl, chromatin, nuc_od, eos_od, tot_od, stained_od, work_mpp,
         cell = inside & solid[r0:r1, c0:c1]
         if grown:
             cell |= (by_basin[r0:r1, c0:c1] == region.label) & (inside | (regions[r0:r1, c0:c1] == 0))
-        cell_mask = ndi.binary_fill_holes(cell)
+        cell_mask = _fill_holes(cell)
         if smooth is not None:  # cut thin cytoplasm-coloured spurs along red-cell rims
             pad = smooth.shape[0]
             cell_mask = ndi.binary_opening(np.pad(cell_mask, pad), structure=smooth)[pad:-pad, pad:-pad] | nuc_mask
@@ -392,61 +424,53 @@ def _segment_window(sl, chromatin, nuc_od, eos_od, tot_od, stained_od, work_mpp,
                                 eccentricity=float(props.eccentricity))
 
 
-def _finalise(work_labels, work_nuclei, found: dict[int, _Found], rgb, bg, factor, params,
+def _finalise(work_labels, work_nuclei, found: dict[int, _Found], rgb, tables, factor,
               result: Segmentation) -> Segmentation:
-    """Bring labels to the input resolution, renumber by centroid, measure each cell."""
+    """Bring labels to the input resolution, renumber by centroid, measure each cell (crops only)."""
     height, width = rgb.shape[:2]
     mpp = result.mpp
-    if factor > 1:
-        rows = np.minimum(np.arange(height) // factor, work_labels.shape[0] - 1)
-        cols = np.minimum(np.arange(width) // factor, work_labels.shape[1] - 1)
-        labels = work_labels[rows[:, None], cols[None, :]]
-        coarse_nuclei = work_nuclei[rows[:, None], cols[None, :]]
-    else:
-        labels, coarse_nuclei = work_labels, work_nuclei
-    n = len(found)
-    flat = labels.ravel()
-    count = np.bincount(flat, minlength=n + 1).astype(np.float64)
-    yy, xx = np.divmod(np.arange(flat.size, dtype=np.int64), width)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cy = np.bincount(flat, weights=yy, minlength=n + 1) / count + 0.5  # pixel (i, j) spans [i, i+1)
-        cx = np.bincount(flat, weights=xx, minlength=n + 1) / count + 0.5
-    old_ids = [i for i in range(1, n + 1) if count[i] > 0]
-    old_ids.sort(key=lambda i: (round(cy[i], 6), round(cx[i], 6), i))
-    remap = np.zeros(n + 1, np.int32)
-    for new, old in enumerate(old_ids, start=1):
-        remap[old] = new
-    labels = remap[labels]
-    coarse_nuclei = remap[coarse_nuclei]
-
-    nuclei = np.zeros_like(labels)
-    cells: list[Cell] = []
-    px_area = mpp * mpp
     threshold = result.threshold
-    for new, (sl, old) in enumerate(zip(ndi.find_objects(labels, max_label=len(old_ids)), old_ids), start=1):
-        coarse = coarse_nuclei[sl] == new
+    crops = []  # (old id, full-resolution slice, cell mask, nucleus mask)
+    for old, wsl in enumerate(ndi.find_objects(work_labels, max_label=len(found)), start=1):
+        if wsl is None:
+            continue
+        fsl = (slice(wsl[0].start * factor, min(height, wsl[0].stop * factor)),
+               slice(wsl[1].start * factor, min(width, wsl[1].stop * factor)))
+        cell = work_labels[wsl] == old
+        coarse = work_nuclei[wsl] == old
         if factor > 1:
-            # Crisp nucleus outline at full resolution, inside the (blocky) working-resolution nucleus.
-            nuc_full = densities(rgb[sl], bg, params)[0]
-            nuc = coarse & (nuc_full > threshold)
-            if not nuc.any():
-                nuc = coarse
-        else:
-            nuc_full = None
+            reps = (fsl[0].stop - fsl[0].start, fsl[1].stop - fsl[1].start)
+            cell = np.repeat(np.repeat(cell, factor, axis=0), factor, axis=1)[:reps[0], :reps[1]]
+            coarse = np.repeat(np.repeat(coarse, factor, axis=0), factor, axis=1)[:reps[0], :reps[1]]
+        nuc_full = apply_table(tables[0], rgb[fsl])
+        # Crisp nucleus outline at full resolution, inside the (blocky) working-resolution nucleus.
+        nuc = coarse & (nuc_full > threshold) if factor > 1 else coarse
+        if not nuc.any():
             nuc = coarse
-        nuclei[sl][nuc] = new
-        y0, x0, y1, x1 = sl[0].start, sl[1].start, sl[0].stop, sl[1].stop
-        if nuc_full is None:
-            nuc_full = densities(rgb[sl], bg, params)[0]
+        rows, cols = np.nonzero(cell)
+        cy = fsl[0].start + rows.mean() + 0.5  # pixel (i, j) spans [i, i+1) x [j, j+1)
+        cx = fsl[1].start + cols.mean() + 0.5
+        crops.append((old, fsl, cell, nuc, cy, cx, float(nuc_full[nuc].mean()) if nuc.any() else 0.0))
+    crops.sort(key=lambda c: (round(c[4], 6), round(c[5], 6), c[0]))
+
+    labels = np.zeros((height, width), np.int32)
+    nuclei = np.zeros((height, width), np.int32)
+    px_area = mpp * mpp
+    cells: list[Cell] = []
+    for new, (old, fsl, cell, nuc, cy, cx, nuc_od) in enumerate(crops, start=1):
+        labels[fsl][cell] = new
+        nuclei[fsl][nuc] = new
+        rows, cols = np.nonzero(cell)
+        y0, x0 = fsl[0].start + int(rows.min()), fsl[1].start + int(cols.min())
+        y1, x1 = fsl[0].start + int(rows.max()) + 1, fsl[1].start + int(cols.max()) + 1
         stats = found[old]
         cells.append(Cell(
-            cell_id=new, x=float(cx[old]), y=float(cy[old]), bbox=(int(x0), int(y0), int(x1), int(y1)),
-            area_um2=float(count[old]) * px_area, nucleus_area_um2=float(nuc.sum()) * px_area,
-            n_lobes=stats.n_lobes, solidity=stats.solidity, eccentricity=stats.eccentricity,
-            nucleus_od=float(nuc_full[nuc].mean()) if nuc.any() else 0.0,
+            cell_id=new, x=float(cx), y=float(cy), bbox=(x0, y0, x1, y1),
+            area_um2=float(cell.sum()) * px_area, nucleus_area_um2=float(nuc.sum()) * px_area,
+            n_lobes=stats.n_lobes, solidity=stats.solidity, eccentricity=stats.eccentricity, nucleus_od=nuc_od,
             touches_border=bool(x0 == 0 or y0 == 0 or x1 >= width or y1 >= height),
         ))
-    result.labels = labels.astype(np.int32, copy=False)
+    result.labels = labels
     result.nuclei = nuclei
     result.cells = cells
     return result

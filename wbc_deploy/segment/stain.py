@@ -61,17 +61,18 @@ def density_tables(background: Sequence[float], params: SegmentParams) -> np.nda
     return tables.astype(np.float32)
 
 
+def apply_table(table: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    """One output of :func:`density_tables` (a 3 x 256 table) applied to an RGB uint8 image."""
+    out = table[0][rgb[..., 0]]
+    out += table[1][rgb[..., 1]]
+    out += table[2][rgb[..., 2]]
+    return out
+
+
 def densities(rgb: np.ndarray, background: Sequence[float], params: SegmentParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nucleus-stain density, eosin density and total OD of an RGB uint8 image (float32 each)."""
     tables = density_tables(background, params)
-    channels = (rgb[..., 0], rgb[..., 1], rgb[..., 2])
-    out = []
-    for table in tables:
-        acc = table[0][channels[0]]
-        acc += table[1][channels[1]]
-        acc += table[2][channels[2]]
-        out.append(acc)
-    return out[0], out[1], out[2]
+    return apply_table(tables[0], rgb), apply_table(tables[1], rgb), apply_table(tables[2], rgb)
 
 
 def nucleus_density(rgb: np.ndarray, params: SegmentParams | None = None) -> np.ndarray:
