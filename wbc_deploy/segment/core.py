@@ -38,8 +38,8 @@ from .stain import apply_table, as_rgb_uint8, density_tables, estimate_backgroun
 
 @dataclass(frozen=True)
 class Cell:
-    """One segmented WBC. Coordinates are pixels of the input image, where pixel (i, j) spans
-    [i, i+1) x [j, j+1) (so a centroid is continuous); ``bbox`` is half-open.
+    """One segmented WBC. ``x``, ``y``: centroid in pixels of the input image, pixel-centre
+    convention (pixel column i, row j is centred at (i, j)); ``bbox`` is half-open pixel indices.
 
     ``solidity`` and ``eccentricity`` describe the whole-cell outline and ``n_lobes`` counts the
     nucleus pieces, all measured at the working resolution. ``touches_border``: the cell is cut by
@@ -448,8 +448,8 @@ def _finalise(work_labels, work_nuclei, found: dict[int, _Found], rgb, tables, f
         if not nuc.any():
             nuc = coarse
         rows, cols = np.nonzero(cell)
-        cy = fsl[0].start + rows.mean() + 0.5  # pixel (i, j) spans [i, i+1) x [j, j+1)
-        cx = fsl[1].start + cols.mean() + 0.5
+        cy = fsl[0].start + rows.mean()  # pixel-centre convention: pixel (i, j) is centred at (i, j)
+        cx = fsl[1].start + cols.mean()
         crops.append((old, fsl, cell, nuc, cy, cx, float(nuc_full[nuc].mean()) if nuc.any() else 0.0))
     crops.sort(key=lambda c: (round(c[4], 6), round(c[5], 6), c[0]))
 
