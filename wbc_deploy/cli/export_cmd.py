@@ -29,6 +29,7 @@ def export_command(
     opset: int = typer.Option(17, "--opset", help="ONNX opset (17 or newer)."),
     exporter: str = typer.Option("torchscript", "--exporter", help="torchscript (default: fast, exact opset) or dynamo."),
     n_images: int = typer.Option(64, "--n-images", help="Images used to verify and compare."),
+    n_random: int = typer.Option(8, "--n-random", help="Random N(0,1) inputs added to the verification."),
     n_calib: int = typer.Option(128, "--n-calib", help="Images sampled from --calib for INT8 calibration."),
     int8_format: str = typer.Option("qdq", "--int8-format", help="INT8 graph format: qdq or qoperator."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
@@ -46,7 +47,7 @@ def export_command(
         raise WbcError("the FP32 ONNX model is always written (FP16, INT8 and TensorRT are derived from it): drop --no-onnx")
     options = ExportOptions(
         fp16=fp16, int8=int8, trt=trt, verify=verify, calib=calib, data=data, opset=opset, exporter=exporter,
-        n_verify=n_images, n_calib=n_calib, int8_format=int8_format, trt_min_batch=min_batch, trt_opt_batch=opt_batch,
+        n_verify=n_images, n_random=n_random, n_calib=n_calib, int8_format=int8_format, trt_min_batch=min_batch, trt_opt_batch=opt_batch,
         trt_max_batch=max_batch, trt_workspace_mb=workspace_mb, trt_int8=trt_int8, trt_timing_cache=timing_cache, device=device,
     )
     with make_progress(quiet) as progress:

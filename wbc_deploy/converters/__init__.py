@@ -2,7 +2,8 @@
 
 Modules (import the one you need; this package ``__init__`` imports nothing heavy):
 
-* :mod:`.onnx_export`: ``export_onnx`` (softmax folded in, card in the metadata), ``read_onnx_card``;
+* :mod:`.onnx_export`: ``export_onnx`` (softmax folded in, card in the metadata; needs torch);
+* :mod:`.onnx_meta`: tensor names, ``write_metadata``, ``read_onnx_card`` (torch-free);
 * :mod:`.verify`: ``verify_onnx_against_torch``, ``compare_onnx_models``, ``comparisons_table``;
 * :mod:`.quantize`: ``convert_fp16``, ``quantize_int8`` (ONNX Runtime static QDQ, per-channel);
 * :mod:`.tensorrt_build`: ``build_engine`` (TensorRT 10 Python API) with its JSON sidecar;

@@ -4,10 +4,12 @@
   activations in half precision, ``images`` stays float32 in and ``probabilities`` float32 out. Runs on
   ONNX Runtime's CPU EP (ops without FP16 CPU kernels get casts inserted by ORT) and natively on CUDA.
 * INT8: ONNX Runtime static quantisation: ``quant_pre_process`` (shape inference + graph optimisation,
-  BN folding), then ``quantize_static`` with per-channel INT8 weights, INT8 activations calibrated
-  (MinMax) on crops from DIR preprocessed by ``prepare_batch``, in QDQ format by default (QOperator
-  selectable; see ``docs`` in the report for which is faster on a given CPU). The final Softmax is left
-  in float so probabilities keep their resolution.
+  BN folding), then ``quantize_static`` with per-channel INT8 weights and activations calibrated
+  (MinMax) on crops preprocessed by ``prepare_batch``, QDQ format by default (QOperator selectable).
+  The final Softmax stays float so probabilities keep their resolution. ``wbc-deploy export --int8``
+  calls this through the CPU recipe measured in :mod:`wbc_deploy.bench.int8` (uint8 activations, i.e.
+  U8S8, and DenseNet's stand-alone BatchNorms rewritten as depthwise 1x1 convolutions first): with
+  ORT's default S8S8 many convolutions stay unfused and INT8 is no faster than FP32 on x86.
 
 Both keep the model card in the metadata and add ``wbc_deploy.precision``.
 """
@@ -66,7 +68,7 @@ class QuantisedModel:
 
 
 def _restore_metadata(proto: Any, card: ModelCard, precision: str) -> None:
-    from .onnx_export import write_metadata
+    from .onnx_meta import write_metadata
 
     write_metadata(proto, card)
     entry = proto.metadata_props.add()
@@ -156,7 +158,7 @@ def quantize_int8(
         quantize_static,
     )
 
-    from .onnx_export import INPUT_NAME, OUTPUT_NAME
+    from .onnx_meta import INPUT_NAME, OUTPUT_NAME
 
     fmt = quant_format.lower()
     if fmt not in QUANT_FORMATS:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,18 +98,25 @@ def _entropy_calibrator(trt: Any, cuda: Any, batch: np.ndarray, batch_size: int,
 def build_engine(
     onnx_path: str | Path,
     engine_path: str | Path,
-    card: ModelCard,
+    card: ModelCard | None = None,
     options: TrtBuildOptions | None = None,
     calibration: np.ndarray | None = None,
+    **overrides: Any,
 ) -> EngineInfo:
     """Build ``engine_path`` from the exported ``onnx_path``; write the sidecar; return its contents.
 
-    ``calibration`` (preprocessed crops) is required when ``options.int8``. Fails with one line naming
-    ``pip install wbc-deploy[trt]`` and the need for an NVIDIA GPU when TensorRT or CUDA is missing.
+    ``card`` defaults to the one in the ONNX file's metadata. ``overrides`` replace fields of ``options``
+    (``build_engine(src, out, max_batch=64)``). ``calibration`` (preprocessed crops) is required when
+    INT8 is on. Fails with one line naming ``pip install wbc-deploy[trt]`` and the need for an NVIDIA GPU
+    when TensorRT or CUDA is missing.
     """
-    opts = options or TrtBuildOptions()
+    opts = replace(options or TrtBuildOptions(), **overrides)
     opts.check()
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    if card is None:
+        from .onnx_meta import read_onnx_card
+
+        card = read_onnx_card(onnx_path)
     trt = import_tensorrt()
     gpu_name, cc = gpu_identity(opts.device)
     if opts.int8 and (calibration is None or calibration.shape[0] == 0):

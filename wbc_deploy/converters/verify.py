@@ -110,7 +110,7 @@ def logits_exposing_model(onnx_path: str | Path) -> tuple[bytes, str]:
     """The exported model with its pre-softmax tensor added as a graph output: (serialised model, name)."""
     import onnx
 
-    from .onnx_export import logits_tensor_name
+    from .onnx_meta import logits_tensor_name
 
     proto = onnx.load(str(onnx_path))
     name = logits_tensor_name(proto)
@@ -184,7 +184,7 @@ def compare_onnx_models(
     threads: int | None = None,
 ) -> Comparison:
     """Probabilities of two ONNX models (e.g. FP16 or INT8 vs FP32) on the same inputs, ORT CPU."""
-    from .onnx_export import OUTPUT_NAME
+    from .onnx_meta import OUTPUT_NAME
 
     ref = run_session(cpu_session(reference_onnx, threads), batch, [OUTPUT_NAME], batch_size)[0]
     cand = run_session(cpu_session(candidate_onnx, threads), batch, [OUTPUT_NAME], batch_size)[0]
