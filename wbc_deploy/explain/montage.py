@@ -118,7 +118,7 @@ def as_rgb_uint8(image: np.ndarray | Image.Image) -> np.ndarray:
     if arr.dtype != np.uint8:
         if np.issubdtype(arr.dtype, np.floating) and float(np.nanmax(arr, initial=0.0)) <= 1.0:
             arr = np.nan_to_num(arr) * 255.0
-        arr = np.clip(np.nan_to_num(arr), 0, 255).astype(np.uint8)
+        arr = np.clip(np.rint(np.nan_to_num(arr)), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(arr)
 
 
