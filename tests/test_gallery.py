@@ -47,13 +47,20 @@ def test_gallery_shows_k_most_then_k_least_confident(tmp_path):
     paths = write_class_galleries(tmp_path / "g", "slide 1", tiles, k=3, counts={"neutrophil": 950, "monocyte": 4},
                                   layout=LAYOUT)
     assert paths == [gallery_path(tmp_path / "g", "slide 1", "neutrophil"), gallery_path(tmp_path / "g", "slide 1", "monocyte")]
-    assert paths[0].name == "slide_1.gallery.neutrophil.png"
+    assert paths[0].name == "slide 1.gallery.neutrophil.png"
+    assert gallery_path(tmp_path, "a/b:c", "x").name == "a_b_c.gallery.x.png"
     _, (most, least) = _tile_colours(paths[0], [3, 3])
     assert most == [tuple(_solid(i)[0, 0]) for i in (9, 8, 7)]
     assert least == [tuple(_solid(i)[0, 0]) for i in (0, 1, 2)]
     # <= 2k tiles: one section with all of them, highest confidence first.
     _, (everything,) = _tile_colours(paths[1], [4])
     assert everything == [tuple(_solid(20 + i)[0, 0]) for i in (3, 2, 1, 0)]
+    # What count --gallery hands over: the k most and k least confident of a larger class, overlapping.
+    kept = [CellTile(_solid(i), c, i) for i, c in ((1, 0.9), (2, 0.8), (4, 0.2), (3, 0.3), (2, 0.8))]
+    sections = gallery_sections(kept, k=2, total=7)
+    assert [[t.cell_id for t in s] for _, s in sections] == [[1, 2], [4, 3]]
+    assert [title for title, _ in sections] == ["2 most confident, highest first", "2 least confident, lowest first"]
+    assert [len(s) for _, s in gallery_sections(kept, k=2, total=4)] == [4]
 
 
 def test_gallery_tiles_are_counted_on_the_grid_and_captioned(tmp_path):

@@ -49,8 +49,10 @@ class MisclassifiedItem:
 
 
 def safe_name(text: str) -> str:
-    """``text`` reduced to characters safe in a file name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "unnamed"
+    """``text`` with path separators, characters Windows forbids and control characters replaced by ``_``
+    (a plain slide or class name comes back unchanged, so ``<stem>`` matches the slide's other outputs)."""
+    cleaned = re.sub(r'[\x00-\x1f/\\:*?"<>|]', "_", text).strip(" .")
+    return cleaned or "unnamed"
 
 
 def gallery_path(out_dir: str | Path, stem: str, class_name: str) -> Path:
@@ -65,12 +67,13 @@ def _caption(tile: CellTile) -> tuple[str, ...]:
     return (text,)
 
 
-def gallery_sections(tiles: Iterable[CellTile], k: int | None) -> list[tuple[str, list[CellTile]]]:
+def gallery_sections(tiles: Iterable[CellTile], k: int | None, total: int | None = None) -> list[tuple[str, list[CellTile]]]:
     """Split a class's tiles into the sections a gallery shows.
 
-    Tiles are de-duplicated by ``cell_id``. With ``k`` given and more than ``2 * k`` tiles: the ``k``
-    most confident (highest first) and the ``k`` least confident (lowest first); otherwise one section
-    with every tile, highest confidence first.
+    Tiles are de-duplicated by ``cell_id``. ``total`` is how many cells the class has (default: the
+    tiles given). When every cell is given and there are at most ``2 * k`` of them (or ``k`` is None),
+    one section shows them all, highest confidence first. Otherwise the ``k`` most confident (highest
+    first) and, from the rest, up to ``k`` least confident (lowest first).
     """
     seen: set = set()
     unique: list[CellTile] = []
@@ -86,11 +89,13 @@ def gallery_sections(tiles: Iterable[CellTile], k: int | None) -> list[tuple[str
     ranked = sorted(unique, key=lambda t: -float(t.confidence))  # stable: ties keep the caller's order
     if k is not None and k < 1:
         raise WbcError(f"gallery size per section must be at least 1, got {k}")
-    if k is None or len(ranked) <= 2 * k:
-        return [(f"all {len(ranked)} shown, highest confidence first", ranked)]
+    n = len(ranked) if total is None else max(int(total), len(ranked))
+    if k is None or len(ranked) <= k or (n == len(ranked) and n <= 2 * k):
+        return [(f"all {len(ranked)} cells, highest confidence first", ranked)]
+    least = ranked[k:][::-1][:k]
     return [
         (f"{k} most confident, highest first", ranked[:k]),
-        (f"{k} least confident, lowest first", ranked[::-1][:k]),
+        (f"{len(least)} least confident, lowest first", least),
     ]
 
 
@@ -108,10 +113,11 @@ def write_class_galleries(
         out_dir: folder for the PNGs (created if needed).
         stem: the slide's name; files are ``<stem>.gallery.<class>.png`` (see :func:`gallery_path`).
         tiles_by_class: class name -> the cells kept for review (any order; see :class:`CellTile`).
-        k: tiles per section; with more than ``2 * k`` tiles a class shows its ``k`` most confident
-            cells (highest first) and its ``k`` least confident (lowest first), else all of them.
-        counts: class name -> how many cells the slide has in that class (for the title); defaults to
-            the number of tiles given.
+        k: tiles per section: a class shows its ``k`` most confident cells (highest first) and up to ``k``
+            least confident (lowest first), or all its cells in one section when they are all given and
+            number at most ``2 * k`` (see :func:`gallery_sections`).
+        counts: class name -> how many cells the slide has in that class (for the title, and to tell
+            whether the tiles are all of them); defaults to the number of tiles given.
         layout: tile size, columns and caption geometry (default 96 px tiles, 8 columns).
 
     Returns the paths written, in the order of ``tiles_by_class``. Each tile is captioned with its
@@ -121,11 +127,12 @@ def write_class_galleries(
     paths: list[Path] = []
     total = sum(int(v) for v in counts.values()) if counts else None
     for class_name, tiles in tiles_by_class.items():
-        sections = gallery_sections(tiles, k)
+        given = int(counts[class_name]) if counts and class_name in counts else None
+        sections = gallery_sections(tiles, k, given)
         shown = sum(len(s) for _, s in sections)
         if shown == 0:
             continue
-        n = int(counts.get(class_name, shown)) if counts else shown
+        n = max(given, shown) if given is not None else shown
         share = f" ({100 * n / total:.1f}% of {total})" if total else ""
         title = f"{stem}: {class_name}, {n} cell{'s' if n != 1 else ''}{share}"
         montage = render_montage(
