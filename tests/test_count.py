@@ -97,8 +97,9 @@ def test_detection_recall_and_precision_on_a_synthetic_slide(data, counted):
     pairs = match_points(found, truth, MATCH_PX)
     recall, precision = len(pairs) / len(truth), len(pairs) / max(1, len(found))
     assert recall >= 0.98 and precision >= 0.98, f"recall {recall:.3f}, precision {precision:.3f} ({len(found)} found, {len(truth)} true)"
-    t = counted["run"].slides[0].truth
-    assert (t.n_truth, t.n_detected, t.n_matched) == (len(truth), len(found), len(pairs))
+    s = counted["run"].slides[0]
+    assert (s.truth.n_truth, s.truth.n_detected, s.truth.n_matched) == (len(truth), len(found), len(pairs))
+    assert 0 < s.refined < s.windows, "both lone cells settled at 1 um/px and refined windows should occur"
 
 
 def test_cells_on_tile_seams_are_counted_once(data, counted):
