@@ -24,7 +24,11 @@ from .plan import CropGeometry, Resolution, ScanPlan, Tile
 
 @dataclass(frozen=True)
 class Detection:
-    """One WBC found by the scan: level-0 centre, area and outline (level-0 polygon, closed)."""
+    """One WBC found by the scan: level-0 centre, area and outline (level-0 polygon, closed).
+
+    Coordinates are continuous level-0 pixels: pixel (i, j) spans [i, i+1) x [j, j+1), so the centre
+    of pixel (0, 0) is (0.5, 0.5), as in OpenSlide's region geometry, QuPath and the synthetic truth.
+    """
 
     x: float
     y: float
@@ -90,11 +94,13 @@ def read_at(reader, res: Resolution, box: tuple[int, int, int, int], fill=None) 
 
 
 def read_crop(reader, crop: CropGeometry, x: float, y: float, fill: tuple[float, float, float] | None) -> np.ndarray:
-    """The square field of view centred on level-0 (x, y), resized to the model's input size (RGB uint8)."""
+    """The square field of view centred on level-0 (x, y), resized to the model's input size (RGB uint8).
+
+    (x, y) are continuous level-0 coordinates (pixel (i, j) spans [i, i+1) x [j, j+1)), as in cells.csv.
+    """
     ds = crop.downsample
-    cx, cy = (x + 0.5) / ds - 0.5, (y + 0.5) / ds - 0.5
     half = crop.side / 2.0
-    left, top = int(round(cx - half + 0.5)), int(round(cy - half + 0.5))
+    left, top = int(math.floor(x / ds - half + 0.5)), int(math.floor(y / ds - half + 0.5))
     rgb = read_level(reader, crop.level, left, top, crop.side, crop.side, fill)
     return resize_rgb(rgb, crop.input_size)
 
@@ -223,9 +229,11 @@ def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResu
                 continue
             outline = ()
             if plan.outlines:
-                outline = tuple(tuple(round(v, 1) for v in res.to_level0(px_ + ox, py_ + oy))
+                outline = tuple(tuple(round(v + 0.5, 1) for v in res.to_level0(px_ + ox, py_ + oy))
                                 for px_, py_ in _outline(seg.labels, cell.cell_id, cell.bbox))
-            found.append((dy, dx, Detection(x=round(x0, 1), y=round(y0, 1), area_um2=round(cell.area_um2, 2), outline=outline)))
+            # outputs use continuous coordinates (pixel i spans [i, i+1), as OpenSlide regions and QuPath)
+            found.append((dy, dx, Detection(x=round(x0 + 0.5, 1), y=round(y0 + 0.5, 1), area_um2=round(cell.area_um2, 2),
+                                            outline=outline)))
     found.sort(key=lambda t: (t[0], t[1]))
     cells = [d for _, _, d in found]
     t2 = time.perf_counter()

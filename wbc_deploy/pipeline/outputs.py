@@ -21,7 +21,11 @@ SUMMARY_EXTRAS = ("mpp", "mpp_source", "tiles_total", "tiles_scanned", "truth_n"
 
 
 def cells_header(classes: list[str]) -> list[str]:
-    """cells.csv columns: ``cell_id,x,y,area_um2,label,confidence`` then ``p_<class>`` per class."""
+    """cells.csv columns: ``cell_id,x,y,area_um2,label,confidence`` then ``p_<class>`` per class.
+
+    x, y: the cell's centroid in level-0 pixels, continuous (pixel (i, j) spans [i, i+1) x [j, j+1));
+    area_um2: the segmented cell (nucleus and cytoplasm); confidence: the probability of ``label``.
+    """
     return ["cell_id", "x", "y", "area_um2", "label", "confidence", *[f"p_{c}" for c in classes]]
 
 
