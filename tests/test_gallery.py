@@ -116,3 +116,29 @@ def test_review_modules_do_not_import_torch():
     code = ("import sys; import wbc_deploy.explain.gallery, wbc_deploy.explain.report, wbc_deploy.explain.overlay; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_evaluate_gallery_writes_the_misclassified_montage(tmp_path):
+    """``evaluate --gallery`` (library path): a tile per wrong image, beside confusion.png; no montage without it."""
+    from wbc_deploy.card import ModelCard
+    from wbc_deploy.data.synth_cells import write_cell_dataset
+    from wbc_deploy.trainer.evaluate import evaluate_folder, misclassified_path
+
+    data = tmp_path / "d"
+    write_cell_dataset(data, per_class=3, size_px=16, seed=0, classes=["lymphocyte", "neutrophil"])
+    card = ModelCard(arch="stub", classes=["lymphocyte", "neutrophil"], input_size=16)
+
+    def mostly_neutrophil(images):  # every lymphocyte is called a neutrophil
+        return np.tile([0.3, 0.7], (len(images), 1))
+
+    out = tmp_path / "res" / "metrics.json"
+    m = evaluate_folder(mostly_neutrophil, card, data, out=out, quiet=True, gallery=True)
+    wrong = m["confusion"][0][1]
+    assert wrong == 3
+    montage = misclassified_path(out)
+    assert montage == out.with_name("misclassified.png") and (out.parent / "confusion.png").is_file()
+    layout = MontageLayout(tile_px=112, columns=8, caption_lines=3)
+    arr, (colours,) = _tile_colours(montage, [wrong], layout)
+    assert all(c != (255, 255, 255) for c in colours)
+    evaluate_folder(mostly_neutrophil, card, data, out=tmp_path / "plain.json", quiet=True)
+    assert not (tmp_path / "misclassified.png").exists()

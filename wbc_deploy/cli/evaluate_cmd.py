@@ -16,12 +16,15 @@ def evaluate_command(
     batch_size: int = typer.Option(32, "--batch-size", help="Images per inference batch."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    gallery: bool = typer.Option(False, "--gallery", help="Also write a montage of the misclassified images (true vs predicted)."),
 ) -> None:
     """OA, AP, AR, AF1 (the paper's Eqs. 4-6), per-class metrics and the confusion matrix."""
     from ..console import console
-    from ..trainer.evaluate import confusion_path, evaluate_model
+    from ..trainer.evaluate import confusion_path, evaluate_model, misclassified_path
     from ..trainer.report import metrics_table
 
-    result = evaluate_model(model, data, out, batch_size=batch_size, quiet=quiet, device=device)
+    result = evaluate_model(model, data, out, batch_size=batch_size, quiet=quiet, device=device, gallery=gallery)
     console.print(metrics_table(result, title=f"{model.name} on {data}"))
     console.print(f"wrote {out} and {confusion_path(out)}")
+    if gallery:
+        console.print(f"misclassified images: {misclassified_path(out)}")

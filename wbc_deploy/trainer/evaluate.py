@@ -73,9 +73,13 @@ def _load_rgb_array(path: Path) -> np.ndarray | None:
 
 def evaluate_samples(
     predict: PredictProba, classes: Sequence[str], samples: Sequence[Sample], batch_size: int = 32,
-    quiet: bool = False,
+    quiet: bool = False, misclassified: list[tuple[Path, str, str, float]] | None = None,
 ) -> tuple[dict[str, Any], list[Path]]:
-    """Score ``samples`` with ``predict``; returns (metrics over ``classes``, files that could not be read)."""
+    """Score ``samples`` with ``predict``; returns (metrics over ``classes``, files that could not be read).
+
+    With a ``misclassified`` list, ``(path, true class, predicted class, its probability)`` of every wrongly
+    classified image is appended to it (for ``--gallery``).
+    """
     if batch_size < 1:
         raise WbcError(f"--batch-size must be at least 1, got {batch_size}")
     lookup = {c: i for i, c in enumerate(classes)}
@@ -86,7 +90,7 @@ def evaluate_samples(
         task = progress.add_task("scoring", total=len(samples))
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]
-            images, labels = [], []
+            images, labels, paths = [], [], []
             for s in chunk:
                 arr = _load_rgb_array(s.path)
                 if arr is None:
@@ -94,12 +98,17 @@ def evaluate_samples(
                     continue
                 images.append(arr)
                 labels.append(lookup[s.label])
+                paths.append(s.path)
             if images:
                 probs = np.asarray(predict(images))
                 if probs.shape != (len(images), len(classes)):
                     raise WbcError(f"the model returned shape {probs.shape} for {len(images)} images of {len(classes)} classes")
                 preds.extend(np.argmax(probs, axis=1).tolist())
                 truth.extend(labels)
+                if misclassified is not None:  # --gallery (explain package)
+                    for p, t, row in zip(paths, labels, probs):
+                        if int(np.argmax(row)) != t:
+                            misclassified.append((p, classes[t], classes[int(np.argmax(row))], float(np.max(row))))
             progress.update(task, advance=len(chunk))
     if unreadable:
         warn(f"skipped {len(unreadable)} image(s) that could not be read while scoring, e.g. {unreadable[0]}")
@@ -110,7 +119,7 @@ def evaluate_samples(
 
 def evaluate_folder(
     predict: PredictProba, card: ModelCard, data: str | Path, out: str | Path | None = None,
-    batch_size: int = 32, quiet: bool = False, model_name: str | None = None,
+    batch_size: int = 32, quiet: bool = False, model_name: str | None = None, gallery: bool = False,
 ) -> dict[str, Any]:
     """Score every image under the class-per-folder directory ``data``; write JSON and ``confusion.png``.
 
@@ -118,6 +127,8 @@ def evaluate_folder(
     model's classes (those without images are reported as absent). The JSON holds ``OA``, ``AP``, ``AR``,
     ``AF1``, ``per_class``, ``classes``, ``confusion``, ``absent_classes``, ``n``, ``model``, ``data``
     and ``skipped_files``; the confusion figure is written beside it (see :func:`confusion_path`).
+    With ``gallery`` (and ``out``), a montage of the misclassified images (true vs predicted) goes
+    beside it too (see :func:`misclassified_path`).
     """
     index = index_dataset(data, verify=False, allow_splits=False)
     unknown = sorted({s.label for s in index.samples} - set(card.classes))
@@ -126,7 +137,8 @@ def evaluate_folder(
             f"{data} has class folder(s) {', '.join(unknown)} that the model does not know "
             f"(its classes: {', '.join(card.classes)}): remove them or evaluate a model trained on them"
         )
-    metrics, unreadable = evaluate_samples(predict, card.classes, index.samples, batch_size, quiet)
+    wrong: list[tuple[Path, str, str, float]] | None = [] if gallery and out is not None else None
+    metrics, unreadable = evaluate_samples(predict, card.classes, index.samples, batch_size, quiet, misclassified=wrong)
     result: dict[str, Any] = {
         **metrics,
         "model": model_name,
@@ -140,6 +152,11 @@ def evaluate_folder(
         tmp.write_text(json.dumps(result, indent=2) + "\n")
         tmp.replace(out)
         plot_confusion(metrics, confusion_path(out), title=f"{Path(data).name}")
+        if wrong is not None:  # --gallery (explain package)
+            from ..explain.gallery import MisclassifiedItem, write_misclassified_montage
+
+            items = [MisclassifiedItem(p, t, pr, c, p.name) for p, t, pr, c in wrong]
+            write_misclassified_montage(misclassified_path(out), items, title=f"misclassified images of {Path(data).name}")
     return result
 
 
@@ -152,8 +169,14 @@ def confusion_path(json_path: str | Path) -> Path:
     return json_path.with_name("confusion.png")
 
 
+def misclassified_path(json_path: str | Path) -> Path:
+    """Where ``--gallery`` puts the misclassified montage: beside the confusion figure, named likewise."""
+    confusion = confusion_path(json_path)
+    return confusion.with_name(confusion.name.replace("confusion.png", "misclassified.png"))
+
+
 def evaluate_model(model: str | Path, data: str | Path, out: str | Path | None = None, batch_size: int = 32,
-                   quiet: bool = False, device: str = "cpu") -> dict[str, Any]:
+                   quiet: bool = False, device: str = "cpu", gallery: bool = False) -> dict[str, Any]:
     """Load MODEL (run directory or .safetensors) and run :func:`evaluate_folder` on ``data``."""
     predict, card = load_predictor(model, device)
-    return evaluate_folder(predict, card, data, out, batch_size, quiet, model_name=str(Path(model).resolve()))
+    return evaluate_folder(predict, card, data, out, batch_size, quiet, model_name=str(Path(model).resolve()), gallery=gallery)
