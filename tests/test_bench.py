@@ -213,3 +213,22 @@ def test_bad_input_is_one_line_exit_2(args, words, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error:") and words in err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_int8_accuracy_proxy_small(bench_run):
+    """FP32 vs INT8 OA through the runtime + trainer evaluation; tiny sets, so only the bookkeeping is checked."""
+    from wbc_deploy.bench.accuracy import int8_accuracy
+    from wbc_deploy.bench.artefacts import Artefacts, resolve_source
+    from wbc_deploy.bench.int8 import Int8Recipe
+
+    _data, _md, cache = bench_run
+    recipe = Int8Recipe(calib_images=8)
+    acc = int8_accuracy(Artefacts(resolve_source("wbcnet-tiny"), cache, recipe), recipe, per_class=2, train_per_class=4, threads=1,
+                        head_steps=50)
+    assert acc["test_cells"] == 10 and acc["head_training"]["train_cells"] == 20
+    assert "proxy" in acc["method"]
+    for key in ("oa_fp32", "oa_int8", "top1_agreement"):
+        assert 0.0 <= acc[key] <= 1.0
+        assert round(acc[key] * 10, 6) == int(round(acc[key] * 10))  # a count out of 10 cells
+    assert acc["oa_loss_points"] == pytest.approx(100 * (acc["oa_fp32"] - acc["oa_int8"]), abs=0.01)
+    assert acc["int8_details"]["batchnorm_rewritten"] > 0

@@ -127,7 +127,25 @@ def batchnorm_to_depthwise_conv(model: Any) -> int:
         rewritten += 1
     del graph.node[:]
     graph.node.extend(new_nodes)
+    if rewritten:
+        prune_unused(graph)
     return rewritten
+
+
+def prune_unused(graph: Any) -> None:
+    """Drop initialisers and ``Identity`` nodes that nothing reads any more (graph outputs are kept)."""
+    while True:
+        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.op_type == "Identity" and not any(o in used for o in n.output)]
+        for n in dead:
+            graph.node.remove(n)
+        if not dead:
+            break
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    keep = [init for init in graph.initializer if init.name in used]
+    if len(keep) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
 
 
 def quantize_for_cpu(src: str | Path, out: str | Path, card: ModelCard, calibration: np.ndarray, recipe: Int8Recipe) -> dict[str, Any]:

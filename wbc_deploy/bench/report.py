@@ -70,6 +70,7 @@ class BenchmarkReport:
     results: list[Result] = field(default_factory=list)
     ort_tuning: list[dict[str, Any]] = field(default_factory=list)
     artefacts: dict[str, Any] = field(default_factory=dict)
+    accuracy: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     created: str = ""
 
@@ -101,6 +102,7 @@ class BenchmarkReport:
             "results": [r.to_dict() for r in self.results],
             "comparisons": self.comparisons(),
             "ort_tuning": self.ort_tuning,
+            "int8_accuracy": self.accuracy,
             "artefacts": self.artefacts,
             "notes": self.notes,
         }
@@ -136,6 +138,12 @@ def _x(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 1000 else f"{value:.0f}"
+
+
 def table_rows(report: BenchmarkReport) -> list[list[str]]:
     """The rows the rich table and the Markdown table share."""
     rows = []
@@ -143,7 +151,7 @@ def table_rows(report: BenchmarkReport) -> list[list[str]]:
         if r.ok:
             rows.append([
                 r.backend, r.precision, r.device, str(r.batch_size), _f(r.cells_per_s, ".2f"),
-                _f(r.latency_ms_p50, ".1f"), _f(r.latency_ms_p90, ".1f"), _f(r.latency_ms_p99, ".1f"),
+                _ms(r.latency_ms_p50), _ms(r.latency_ms_p90), _ms(r.latency_ms_p99),
                 _f(r.gflops_per_s, ".1f"), _pct(r.peak_fraction), _x(r.speedup_vs_torch), _x(r.speedup_vs_ort),
                 _pct(r.top1_agreement_vs_fp32), _f(r.other_load_cores, ".2f"), "ok",
             ])
@@ -156,8 +164,9 @@ HEADERS = ["backend", "precision", "device", "batch", "cells/s", "p50 ms", "p90 
            "% FP32 peak", "vs torch", "vs ort", "top-1 = fp32", "other load", "status"]
 
 
-RICH_HEADERS = ["backend", "batch", "cells/s", "p50 ms", "p90 ms", "p99 ms", "GFLOP/s", "%peak", "xtorch", "xort",
-                "top1=fp32", "busy"]
+#: (header, index into a :func:`table_rows` row) of the terminal table: the Markdown/JSON carry every column.
+RICH_COLUMNS = [("backend", 0), ("batch", 3), ("cells/s", 4), ("p50\nms", 5), ("p99\nms", 7), ("GFLOP\n/s", 8),
+                ("% FP32\npeak", 9), ("vs\ntorch", 10), ("top-1\n=fp32", 12), ("busy", 13)]
 
 
 def rich_table(report: BenchmarkReport) -> Table:
@@ -165,13 +174,13 @@ def rich_table(report: BenchmarkReport) -> Table:
     m = report.model
     table = Table(title=f"Model throughput: {m.get('arch')} at {m.get('input_size')} px, "
                         f"{m.get('gflops_per_cell') or '?'} GFLOPs/cell", title_justify="left",
-                  box=box.SIMPLE_HEAD, padding=(0, 1), caption="busy: CPU cores other processes used while measuring",
+                  box=box.SIMPLE_HEAD, padding=(0, 0, 0, 1), show_edge=False, caption="busy: CPU cores other processes used while measuring; p90, vs ort: see the JSON/Markdown",
                   caption_justify="left")
-    for i, h in enumerate(RICH_HEADERS):
-        table.add_column(h, justify="left" if i == 0 else "right", no_wrap=i == 0)
+    for i, (h, _idx) in enumerate(RICH_COLUMNS):
+        table.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
     for r, row in zip(report.results, table_rows(report)):
         if r.ok:
-            table.add_row(escape(row[0]), *row[3:14])
+            table.add_row(*(escape(row[idx]) for _h, idx in RICH_COLUMNS))
     return table
 
 

@@ -43,6 +43,7 @@ class BenchmarkConfig:
     tune: bool = False
     tune_batch: int = 16
     input_seed: int = 0
+    int8_accuracy_per_class: int = 0  # > 0: also measure FP32 vs INT8 OA on this many synthetic test cells per class
 
     def validate(self) -> None:
         if not self.backends:
@@ -60,6 +61,8 @@ class BenchmarkConfig:
             raise WbcError(f"--threads must be at least 1, got {self.threads}")
         if self.agreement_cells < 0:
             raise WbcError("--agreement-cells must be >= 0")
+        if self.int8_accuracy_per_class < 0:
+            raise WbcError("--int8-accuracy must be >= 0")
 
 
 def parse_batch_sizes(text: str) -> list[int]:
@@ -171,6 +174,7 @@ def run_benchmark(config: BenchmarkConfig, quiet: bool = False) -> BenchmarkRepo
 
         # -- the FP32 reference for agreement ----------------------------------------------------
         agree_x = reference = None
+        ref_classes = 0
         if config.agreement_cells > 0 and runnable:
             try:
                 from ..converters.images import sample_batch
@@ -179,6 +183,7 @@ def run_benchmark(config: BenchmarkConfig, quiet: bool = False) -> BenchmarkRepo
                 ref_runner = build_runner("ort", artefacts, threads, settings_by_precision["fp32"], max_batch)
                 reference = _predict_all(ref_runner, agree_x, min(max_batch, 16))
                 ref_runner.close()
+                ref_classes = int(len(np.unique(reference.argmax(1))))
             except Exception as exc:  # noqa: BLE001
                 warn(f"no FP32 reference for agreement figures: {_first_line(exc)}")
                 reference = None
@@ -234,6 +239,16 @@ def run_benchmark(config: BenchmarkConfig, quiet: bool = False) -> BenchmarkRepo
             runner.close()
         progress.update(task, description="benchmark done")
 
+        if config.int8_accuracy_per_class > 0:
+            acc_task = progress.add_task("INT8 accuracy (FP32 vs INT8 OA)", total=1)
+            try:
+                from .accuracy import int8_accuracy
+
+                report.accuracy = int8_accuracy(artefacts, config.int8_recipe, per_class=config.int8_accuracy_per_class, threads=threads)
+            except Exception as exc:  # noqa: BLE001 - the timings above stay valid
+                report.accuracy = {"status": f"failed: {exc}" if isinstance(exc, WbcError) else f"failed: {_first_line(exc)}"}
+            progress.advance(acc_task)
+
     _fill_speedups(report)
     report.machine["load_avg_1m_end"] = load_average()
     report.artefacts = {"cache_dir": str(artefacts.dir), **artefacts.notes}
@@ -241,6 +256,7 @@ def run_benchmark(config: BenchmarkConfig, quiet: bool = False) -> BenchmarkRepo
         "backends": list(config.backends), "batch_sizes": batch_sizes, "seconds": config.seconds,
         "warmup": config.warmup, "min_iters": config.min_iters, "threads": threads,
         "input": input_desc, "agreement_cells": config.agreement_cells if reference is not None else 0,
+        "agreement_reference_classes": ref_classes,
         "ort_session": {k: v.to_dict() for k, v in settings_by_precision.items()},
         "int8_recipe": config.int8_recipe.to_dict(), "tuned": bool(config.tune),
     }
@@ -270,5 +286,13 @@ def _notes(report: BenchmarkReport, source: Any) -> list[str]:
                      "FP16 is for GPUs (ort-cuda/ort-trt/trt), listed here for completeness.")
     if any(r.top1_agreement_vs_fp32 is not None for r in report.results):
         notes.append(f"top-1 = fp32: share of {report.settings.get('agreement_cells') or 'the'} synthetic cells on which a backend's "
-                     "top-1 class equals ONNX Runtime FP32's; with random-init weights this is a weak proxy for accuracy.")
+                     f"top-1 class equals ONNX Runtime FP32's (FP32 predicted {report.settings.get('agreement_reference_classes')} "
+                     "distinct classes on them); with random-init weights this is a weak proxy for accuracy, see int8 accuracy.")
+    acc = report.accuracy
+    if acc.get("oa_fp32") is not None:
+        notes.append(f"INT8 accuracy: OA {100 * acc['oa_fp32']:.1f}% (FP32) vs {100 * acc['oa_int8']:.1f}% (INT8), "
+                     f"{acc['oa_loss_points']:+.2f} points lost, top-1 agreement {100 * acc['top1_agreement']:.1f}%, "
+                     f"{acc['test_cells']} synthetic test cells; {acc['method']}.")
+    elif acc.get("status"):
+        notes.append(f"INT8 accuracy not measured: {acc['status']}")
     return notes
