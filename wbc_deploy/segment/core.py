@@ -359,7 +359,14 @@ def _segment_window(sl, candidates, nuc_od, rgb, tables, threshold, stained_od, 
     h_px = params.split_h_um / work_mpp
     regions = _split(shape & keep, h_px, flood & keep)
     regions = _merge_by_chromatin(regions, chrom, work_mpp, params)
-    regions = _split_by_nuclei(regions, chrom, fused, params.nucleus_area_min_um2 / (work_mpp * work_mpp))
+    if work_mpp > params.lobe_gap_um / 4.0:
+        # Too coarse to see a lobe gap (it spans under two pixels): touching nuclei blur together
+        # through thin bridges while lobes blur into one mass, so nuclei are the chromatin pieces
+        # left by an opening that breaks one-pixel bridges.
+        groups = ndi.binary_opening(chrom, structure=ndi.generate_binary_structure(2, 1))
+    else:
+        groups = fused
+    regions = _split_by_nuclei(regions, chrom & groups, groups, params.nucleus_area_min_um2 / (work_mpp * work_mpp))
 
     px_area = work_mpp * work_mpp
     h, w = out_labels.shape
