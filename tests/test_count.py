@@ -291,6 +291,18 @@ def test_glass_only_images_and_name_clashes(data, tmp_path):
     assert (row["n_wbc"], row["pct_neutrophil"], row["mean_confidence"]) == ("0", "0.00", "")
 
 
+def test_cli_prints_the_differential_next_to_the_truth(data, counted, capsys):
+    out = data["root"] / "run-cli"
+    main(["count", str(data["slide"]), "--model", str(data["model"]), "--out", str(out), "--truth", "--workers", "1"])
+    printed = capsys.readouterr().out
+    assert "WBC differential" in printed and "counted vs truth" in printed and "detection: recall 1.000" in printed
+    same = sorted(tuple(r.values())[1:] for r in read_rows(out / "smear.cells.csv"))
+    assert same == sorted(tuple(r.values())[1:] for r in read_rows(counted["cells"]))  # the tile size changes only the order
+    cmp = {r["class"]: r for r in read_rows(out / "smear.truth_comparison.csv")}
+    truth_labels = read_truth(data["truth"])[1]
+    assert {c: int(cmp[c]["truth_n"]) for c in CLASSES} == {c: truth_labels.count(c) for c in CLASSES}
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model", "{root}/missing.onnx"], "model not found"),
     (["--model", "{slide}"], "cannot tell what kind of model"),

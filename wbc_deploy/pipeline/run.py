@@ -84,7 +84,7 @@ def count_slide(path: Path, ctx: RunContext, result: SlideResult) -> SlideResult
     remove_outputs(ctx.out_dir, name)
     with open_slide(path) as reader:
         w0, h0 = reader.dimensions
-        thumb_side = thumbnail_size((w0, h0), float(getattr(reader, "mpp", None) or opts.mpp or 0.25))
+        thumb_side = thumbnail_size((w0, h0), float(opts.mpp or getattr(reader, "mpp", None) or 0.25))
         thumb = thumbnail(reader, thumb_side)
         mask0, _ = tissue_mask(thumb)
         mpp, source = resolve_mpp(reader, opts.mpp, thumb, mask0)
@@ -183,10 +183,14 @@ def finish_outputs(path: Path, name: str, reader, plan: ScanPlan, store: Progres
     if opts.truth:
         tp = truth_path_for(path)
         if tp.is_file():
-            result.truth = compare_with_truth(xy, labels, tp, plan.mpp, classes, MATCH_UM)
-            cmp_path = out / f"{name}.truth_comparison.csv"
-            write_truth_comparison(cmp_path, result.truth, classes)
-            result.outputs["truth"] = cmp_path
+            try:
+                result.truth = compare_with_truth(xy, labels, tp, plan.mpp, classes, MATCH_UM)
+            except WbcError as exc:  # the counts stand; only the comparison is lost
+                warn(f"{name}: no truth comparison: {exc}")
+            else:
+                cmp_path = out / f"{name}.truth_comparison.csv"
+                write_truth_comparison(cmp_path, result.truth, classes)
+                result.outputs["truth"] = cmp_path
         else:
             warn(f"{name}: --truth given but there is no {tp.name} beside the slide")
     if collector is not None:
