@@ -92,11 +92,11 @@ class CountOptions:
         if int(self.workers) < 1:
             raise WbcError(f"--workers must be at least 1, got {self.workers}")
         if self.executor not in EXECUTORS:
-            raise WbcError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+            raise WbcError(f"--executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
         if self.mpp is not None and not (math.isfinite(self.mpp) and 0.01 <= self.mpp <= 10.0):
             raise WbcError(f"--mpp must be micrometres per pixel between 0.01 and 10 (e.g. 0.25 for a 40x scan), got {self.mpp}")
         if int(self.gallery_k) < 1:
-            raise WbcError(f"gallery size must be at least 1, got {self.gallery_k}")
+            raise WbcError(f"--gallery-k must be at least 1, got {self.gallery_k}")
         if not (0.1 <= self.detect_mpp <= 4.0):
             raise WbcError(f"detection resolution must be 0.1-4 um/px, got {self.detect_mpp}")
         if not (0.05 <= self.refine_mpp <= self.detect_mpp):
