@@ -250,6 +250,12 @@ def test_cli_explains_a_checkpoint_and_reports_bad_images(explain_run, tmp_path,
     code, stdout, err = _run_cli(["explain", explain_run, src / "a.png", "--out", tmp_path / "o2", "-q"], capsys)
     assert code == 0, err
     assert "wrote 1 heatmap(s)" in stdout
+    # --out inside the input folder: a rerun does not explain its own overlays.
+    (src / "broken.png").unlink()
+    for _ in range(2):
+        code, stdout, err = _run_cli(["explain", explain_run, src, "--out", src / "explained", "-q"], capsys)
+        assert code == 0, err
+        assert "wrote 2 heatmap(s)" in stdout
 
 
 def test_cli_refuses_onnx_and_bad_arguments(explain_run, tmp_path, capsys):

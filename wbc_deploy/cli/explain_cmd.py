@@ -26,7 +26,7 @@ def explain_command(
     from ..explain.run import collect_images, explain_images, load_explainable
 
     net, card = load_explainable(model)
-    paths = collect_images(images)
+    paths = collect_images(images, exclude=out)
     progress = make_progress(quiet)
     with progress:
         task = progress.add_task("explaining", total=len(paths))

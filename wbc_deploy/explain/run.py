@@ -73,14 +73,20 @@ def load_explainable(model_path: str | Path):
     return load_checkpoint(path)
 
 
-def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files named directly or found (recursively, sorted) in the given folders."""
+def collect_images(inputs: Sequence[str | Path], exclude: str | Path | None = None) -> list[Path]:
+    """Image files named directly or found (recursively, sorted, hidden files skipped) in the given folders.
+
+    Files under ``exclude`` (the output folder) are not collected from folders, so a rerun with ``--out``
+    inside an input folder does not explain its own overlays.
+    """
+    skip = Path(exclude).expanduser().resolve() if exclude is not None else None
     found: list[Path] = []
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
             found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
+                            and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                            and not (skip is not None and f.resolve().is_relative_to(skip)))
         elif p.is_file():
             found.append(p)
         else:
