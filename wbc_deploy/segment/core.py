@@ -36,6 +36,10 @@ from .params import SegmentParams
 from .stain import apply_table, as_rgb_uint8, density_tables, estimate_background
 
 
+#: Radius (um) of the opening that keeps nucleus bodies and removes strands and granule chains.
+THICK_CHROMATIN_UM = 0.8
+
+
 @dataclass(frozen=True)
 class Cell:
     """One segmented WBC. ``x``, ``y``: centroid in pixels of the input image, pixel-centre
@@ -255,13 +259,13 @@ def _pair_counts(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _merge_by_chromatin(regions: np.ndarray, chrom: np.ndarray, work_mpp: float, params: SegmentParams) -> np.ndarray:
     """Undo a shape split that cut a small piece off a nucleus: merge it back into its owner.
 
-    Works on "thick" chromatin, what survives an opening of radius ``lobe_gap_um / 3``: a nucleus
+    Works on "thick" chromatin, what survives an opening of radius :data:`THICK_CHROMATIN_UM`: a nucleus
     body does, thin strands and chains of granules do not. A region is merged into the region
     holding most of a thick chromatin piece when it holds a minor share (< 35%) of that piece and
     the piece is most of its own chromatin. Two touching cells whose nuclei touch keep one nucleus
     each, so neither share is minor and they stay apart.
     """
-    selem = _disk(params.lobe_gap_um / 3.0 / work_mpp)
+    selem = _disk(THICK_CHROMATIN_UM / work_mpp)
     if selem is None:
         return regions
     thick = ndi.binary_opening(chrom, structure=selem)
@@ -330,6 +334,25 @@ def _basin_owners(basins: np.ndarray, chrom_labels: np.ndarray, min_px: float) -
     return owner
 
 
+def _granule_ring(chrom: np.ndarray, region: np.ndarray, stained: np.ndarray, solid: np.ndarray,
+                  work_mpp: float, params: SegmentParams) -> bool:
+    """Whether the nucleus of ``region`` is ringed by stained pixels that are not WBC-coloured.
+
+    An eosinophil's granules fill its cytoplasm with eosin-red, so the ring 0.5-2 um outside its
+    nucleus is mostly stained and red; a small lymphocyte's thin blue rim is followed by glass, and
+    red cells touching a cell cover only part of the ring.
+    """
+    rows, cols = np.nonzero(region)
+    pad = int(math.ceil(2.0 / work_mpp)) + 1
+    box = (slice(max(0, rows.min() - pad), rows.max() + pad + 1), slice(max(0, cols.min() - pad), cols.max() + pad + 1))
+    dist = ndi.distance_transform_edt(~(chrom[box] & region[box])) * work_mpp
+    ring = (dist > 0.5) & (dist <= 2.0)
+    if not ring.any():
+        return False
+    red = stained[box] & ~solid[box]
+    return float(red[ring].mean()) >= params.granule_ring_min
+
+
 def _segment_window(sl, candidates, nuc_od, rgb, tables, threshold, stained_od, work_mpp, params,
                     out_labels, out_nuclei, found: dict[int, _Found]) -> None:
     """Segment the cells of one window into ``out_labels``/``out_nuclei`` (new ids recorded in ``found``).
@@ -359,7 +382,7 @@ def _segment_window(sl, candidates, nuc_od, rgb, tables, threshold, stained_od, 
     h_px = params.split_h_um / work_mpp
     regions = _split(shape & keep, h_px, flood & keep)
     regions = _merge_by_chromatin(regions, chrom, work_mpp, params)
-    if work_mpp > params.lobe_gap_um / 4.0:
+    if params.lobe_gap_um / work_mpp < 2.0:
         # Too coarse to see a lobe gap (it spans under two pixels): touching nuclei blur together
         # through thin bridges while lobes blur into one mass, so nuclei are the chromatin pieces
         # left by an opening that breaks one-pixel bridges.
@@ -372,6 +395,7 @@ def _segment_window(sl, candidates, nuc_od, rgb, tables, threshold, stained_od, 
     h, w = out_labels.shape
     solid = chrom | cyto
     smooth = _disk(params.cell_open_um / work_mpp)
+    stained_mask = tot > stained_od
     by_basin: np.ndarray | None = None  # computed once, only if some cell needs it
     for region in regionprops(regions):
         r0, c0, r1, c1 = region.bbox
@@ -381,11 +405,13 @@ def _segment_window(sl, candidates, nuc_od, rgb, tables, threshold, stained_od, 
             continue
         colour_area = float((inside & solid[r0:r1, c0:c1]).sum()) * px_area
         grown = False
-        if colour_area < params.cytoplasm_min_ratio * nuc_area:
-            # No cytoplasm by colour: take the stained objects (watershed of the stained mask's
-            # distance transform) in which this cell holds most of the chromatin.
+        if colour_area < params.cytoplasm_min_ratio * nuc_area and _granule_ring(
+                chrom, regions == region.label, stained_mask, solid, work_mpp, params):
+            # No cytoplasm by colour but a ring of red granules around the nucleus (an eosinophil):
+            # take the stained objects (watershed of the stained mask's distance transform) in which
+            # this cell holds most of the chromatin.
             if by_basin is None:
-                stained = _fill_holes((tot > stained_od) | chrom) & reach
+                stained = _fill_holes(stained_mask | chrom) & reach
                 basins = _split(stained, h_px)
                 owner = _basin_owners(basins, np.where(chrom, regions, 0), params.nucleus_area_min_um2 * 0.5 / px_area)
                 by_basin = owner[basins]

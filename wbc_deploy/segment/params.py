@@ -38,10 +38,12 @@ class SegmentParams:
     #: shape-based split of the stained mask (glass with uneven illumination reaches ~0.12).
     stained_od_min: float = 0.12
     stained_od_max: float = 0.25
-    #: When the cytoplasm found by colour is smaller than this multiple of the nucleus area (an
-    #: eosinophil's granules are as red as red cells), the round stained object around the nucleus is
-    #: taken as the cell instead.
+    #: When the cytoplasm found by colour is smaller than this multiple of the nucleus area and at
+    #: least ``granule_ring_min`` of the ring 0.5-2 um around the nucleus is stained but not
+    #: WBC-coloured (an eosinophil's granules are as red as red cells), the round stained object
+    #: around the nucleus is taken as the cell instead.
     cytoplasm_min_ratio: float = 1.6
+    granule_ring_min: float = 0.6
     #: Share of nucleus stain, N / (|N| + |E|), above which a stained pixel is WBC cytoplasm
     #: (bluish-lilac, ~0.5-0.9) rather than a red cell (nearly pure eosin, ~0-0.15).
     cytoplasm_min_share: float = 0.25
@@ -50,7 +52,7 @@ class SegmentParams:
     #: Radius of the opening that removes specks and thin strands from the nucleus mask.
     open_radius_um: float = 0.4
     #: Nucleus fragments (lobes) closer than this gap belong to one cell.
-    lobe_gap_um: float = 2.5
+    lobe_gap_um: float = 1.5
     #: Dynamics (um of the cell mask's distance transform) that separate touching cells.
     split_h_um: float = 1.5
     #: Radius of the opening that smooths the cell outline (cuts spurs along red-cell rims).
