@@ -177,7 +177,11 @@ def segment_file(path: str | Path, out_dir: str | Path, mpp: float | None = None
                            "were seen to estimate it; pass --mpp")
         result.mpp, result.mpp_source = round(est, 4), "estimated"
     seg = segment_wbcs(rgb, result.mpp, params)
-    result.outputs = write_segmentation(seg, out_dir, stem)
+    out = prepare_output(out_dir)
+    try:
+        result.outputs = write_segmentation(seg, out, stem)
+    except OSError as exc:
+        raise WbcError(f"{p.name}: cannot write the outputs in {out} ({exc.strerror or exc})") from None
     result.n_cells = len(seg.cells)
     result.seconds = time.perf_counter() - t0
     return result
