@@ -80,6 +80,9 @@ def test_export_verify_writes_a_verified_onnx_carrying_the_card(tiny_random_run,
     with open_backend(path) as be:
         for n in (1, 5):  # any batch size
             np.testing.assert_allclose(be.predict_images(images[:n]), ref[:n], atol=1e-5)
+    with open_backend(tiny_random_run) as eager:  # the torch backend: the reference, behind the same interface
+        assert eager.name == "torch" and eager.device == "cpu" and eager.card.classes == card.classes
+        np.testing.assert_allclose(eager.predict_images(images, batch_size=2), ref, atol=1e-6)
 
 
 class _Branchy(nn.Module):

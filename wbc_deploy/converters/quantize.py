@@ -11,6 +11,19 @@
   U8S8, and DenseNet's stand-alone BatchNorms rewritten as depthwise 1x1 convolutions first): with
   ORT's default S8S8 many convolutions stay unfused and INT8 is no faster than FP32 on x86.
 
+QDQ vs QOperator on this CPU (2-core AMD EPYC Zen 4, AVX-512 VNNI, shared with other jobs so only the
+ratios mean much; batch 16, 2 ORT threads, cells/s, median of 3):
+
+=================  =====  ==========  ================  ==========  ================
+model              FP32   QDQ U8S8    QOperator U8S8    QDQ S8S8    QOperator S8S8
+=================  =====  ==========  ================  ==========  ================
+wbcnet-tiny 64 px  41     115         113               43          10
+wbcnet 224 px      2.7    6.3         5.7               -           -
+=================  =====  ==========  ================  ==========  ================
+
+Once U8S8 lets ORT fuse every convolution the two formats run alike; QDQ is the default (portable to
+the TensorRT and CUDA EPs). S8S8 QOperator is the slow case ORT itself warns about on x86.
+
 Both keep the model card in the metadata and add ``wbc_deploy.precision``.
 """
 from __future__ import annotations
