@@ -7,6 +7,10 @@ is copied in and batch *k-1* copied out. Each call may use any batch size within
 
 ``tensorrt`` and ``pycuda`` are imported lazily (only when a backend is built); without them, or
 without an NVIDIA GPU, construction fails with one line naming ``pip install wbc-deploy[trt]``.
+
+A ``TrtBackend`` owns one execution context and one pair of buffer sets: use it from one thread at a
+time (open one backend per worker thread if several must run at once; ONNX Runtime sessions, by
+contrast, may be shared).
 """
 from __future__ import annotations
 
