@@ -132,7 +132,7 @@ def segment_wbcs(rgb: np.ndarray, mpp: float, params: SegmentParams | None = Non
     for sl in _candidate_windows(candidates, margin):
         if candidates[sl].sum() < min_px:  # not enough chromatin here for even one nucleus
             continue
-        _segment_window(sl, candidates[sl], nuc_od[sl], work_rgb[sl], tables, threshold, stained_od, work_mpp,
+        _segment_window(sl, candidates[sl], nuc_od[sl], work_rgb[sl], tables, stained_od, work_mpp,
                         params, work_labels, work_nuclei, found)
     if not found:
         return result
@@ -353,7 +353,7 @@ def _granule_ring(chrom: np.ndarray, region: np.ndarray, stained: np.ndarray, so
     return float(red[ring].mean()) >= params.granule_ring_min
 
 
-def _segment_window(sl, candidates, nuc_od, rgb, tables, threshold, stained_od, work_mpp, params,
+def _segment_window(sl, candidates, nuc_od, rgb, tables, stained_od, work_mpp, params,
                     out_labels, out_nuclei, found: dict[int, _Found]) -> None:
     """Segment the cells of one window into ``out_labels``/``out_nuclei`` (new ids recorded in ``found``).
 
