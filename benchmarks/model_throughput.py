@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-tune", action="store_true", help="skip the ONNX Runtime settings sweep")
     ap.add_argument("--int8-accuracy", type=int, default=40, help="synthetic test cells per class for FP32 vs INT8 OA (0: skip)")
     ap.add_argument("--agreement-cells", type=int, default=64)
+    ap.add_argument("--cpu-ghz", type=float, default=None, help="CPU clock for the FP32 peak (default: OS-reported)")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--name", default="model_throughput", help="file name stem")
     ap.add_argument("--accept-load", action="store_true", help="write the final file names even if the machine was busy")
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             model=args.model, checkpoint=args.checkpoint, backends=parse_backends(args.backends),
             batch_sizes=parse_batch_sizes(args.batch_sizes), seconds=args.seconds, warmup=args.warmup,
             min_iters=args.min_iters, threads=args.threads, tune=not args.no_tune,
-            agreement_cells=args.agreement_cells, int8_accuracy_per_class=args.int8_accuracy,
+            agreement_cells=args.agreement_cells, int8_accuracy_per_class=args.int8_accuracy, cpu_ghz=args.cpu_ghz,
         )
         report = run_benchmark(config)
     except WbcError as exc:

@@ -24,6 +24,7 @@ def benchmark_command(
     tune: bool = typer.Option(False, "--tune", help="Sweep ONNX Runtime session settings on this machine first and use the fastest."),
     agreement_cells: int = typer.Option(32, "--agreement-cells", help="Synthetic cells for each backend's top-1 agreement with ORT FP32 (0: skip)."),
     int8_accuracy: int = typer.Option(0, "--int8-accuracy", help="Also score FP32 vs INT8 overall accuracy on N synthetic test cells per class (0: skip)."),
+    cpu_ghz: float = typer.Option(None, "--cpu-ghz", help="CPU clock for the FP32 peak estimate (default: what the OS reports; VMs report the nominal clock)."),
     calib: Path = typer.Option(None, "--calib", help="Folder of cell crops to calibrate INT8 on (default: synthetic cells)."),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="Where exported/quantised models are cached (default ~/.cache/wbc-deploy/bench)."),
     out: Path = typer.Option(..., "--out", "-o", help="Results JSON to write."),
@@ -40,7 +41,7 @@ def benchmark_command(
     config = BenchmarkConfig(
         model=model, checkpoint=checkpoint, backends=parse_backends(backends), batch_sizes=parse_batch_sizes(batch_sizes),
         seconds=seconds, warmup=warmup, min_iters=min_iters, threads=threads, cache_dir=cache_dir, calib_dir=calib,
-        agreement_cells=agreement_cells, tune=tune, int8_accuracy_per_class=int8_accuracy,
+        agreement_cells=agreement_cells, tune=tune, int8_accuracy_per_class=int8_accuracy, cpu_ghz=cpu_ghz,
     )
     config.validate()
     ensure_writable(out, markdown_out)
