@@ -31,9 +31,9 @@ for heavy in torch onnxruntime; do
         exit 2
     fi
 done
-declare -A PIP_NAME=([torchvision]=torchvision [onnx]=onnx [rich]=rich [PIL]=pillow [scipy]=scipy [safetensors]=safetensors)
+declare -A PIP_NAME=([torchvision]=torchvision [onnx]=onnx [rich]=rich [PIL]=pillow [scipy]=scipy [safetensors]=safetensors [psutil]=psutil)
 missing=()
-for mod in torchvision onnx rich PIL scipy safetensors; do
+for mod in torchvision onnx rich PIL scipy safetensors psutil; do
     "$PY" -c "import $mod" 2>/dev/null || missing+=("${PIP_NAME[$mod]}")
 done
 if (( ${#missing[@]} )); then
@@ -44,4 +44,16 @@ if (( ${#missing[@]} )); then
     fi
 fi
 
-exec "$PY" -m wbc_deploy.converters.gpu_check "$@"
+status=0
+"$PY" -m wbc_deploy.converters.gpu_check "$@" || status=$?
+
+# Throughput of the GPU (and CPU) backends side by side, with the code of `wbc-deploy benchmark`
+# (wbc_deploy.bench): JSON + Markdown in benchmarks/results/model_throughput_gpu.*. WBC_BENCH=0 skips it;
+# WBC_BENCH_ARGS replaces the arguments of benchmarks/model_throughput.py.
+if [[ "${WBC_BENCH:-1}" != 0 ]]; then
+    echo "gpu_check: model throughput benchmark (benchmarks/model_throughput.py)"
+    # shellcheck disable=SC2086
+    "$PY" benchmarks/model_throughput.py ${WBC_BENCH_ARGS:---backends torch-cuda,torch-cuda-fp16,ort-cuda,ort-trt,trt,ort,ort-int8 --batch-sizes 1,16,64,256 --seconds 3 --no-tune --int8-accuracy 0 --agreement-cells 64 --name model_throughput_gpu --accept-load} \
+        || echo "gpu_check: the throughput benchmark did not finish (exit $?); the checks above stand" >&2
+fi
+exit "$status"
