@@ -2,9 +2,10 @@
 
 Supported layouts (``DATA`` is the directory you pass to ``wbc-deploy train``):
 
-* **class folders**: ``DATA/<class>/*.png`` (LDWBC and LISC are distributed like this; LISC's
-  ``Baso``/``eosi``/``lymp``/``mono``/``neut`` folders are recognised, ``mixt`` and the ground-truth
-  folders are ignored with a warning). No test split: training makes a stratified 3:1:1 split.
+* **class folders**: ``DATA/<class>/*.png`` (LDWBC and LISC are distributed like this; for LISC pass
+  its ``Main Dataset`` folder: ``Baso``/``eosi``/``lymp``/``mono``/``neut`` are recognised, ``mixt`` is
+  ignored with a warning). No test split: training makes a stratified 3:1:1 split. Images in
+  sub-folders of a class folder belong to that class.
 * **split folders**: ``DATA/train/<class>/``, ``DATA/test/<class>/`` and optionally
   ``DATA/val/<class>/``. Spellings are case-insensitive: ``train``/``training``, ``val``/``valid``/
   ``validation``, ``test``/``testing``/``TestA``. BCCD (Kaggle ``dataset2-master/images``: ``TRAIN``,

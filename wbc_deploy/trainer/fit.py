@@ -141,6 +141,7 @@ class Trainer:
         self.out = Path(config.out).expanduser()
         self.device = pick_device(config.device)
         self._manifest_root: Path | None = None  # set when a new split must be written
+        self._early_model: tuple[nn.Module, ModelCard] | None = None
 
     # -- set-up ----------------------------------------------------------------------------------
     def _open_run_dir(self) -> dict[str, Any] | None:
@@ -186,6 +187,11 @@ class Trainer:
             check_split(samples)
             return samples, {}
         index = index_dataset(cfg.data, verify=False)
+        # Build the model before the (long) image check so missing weights fail fast; rebuilt in run()
+        # only if the check removes a whole class.
+        provisional = _canonical(s.label for s in index.samples if s.split in (None, "train"))
+        if len(provisional) >= 2:
+            self._early_model = self._build_model(provisional, None)
         with make_progress(self.quiet) as progress:
             task = progress.add_task("checking images", total=len(index.samples))
             verify_samples(index, on_progress=lambda done, total: progress.update(task, completed=done))
@@ -295,7 +301,9 @@ class Trainer:
         if left_out:
             warn(f"class(es) {', '.join(left_out)} have no training images; their val/test images are left out")
             samples = [s for s in samples if s.label in classes]
-        model, card = self._build_model(classes, state)
+        early = self._early_model
+        self._early_model = None
+        model, card = early if early is not None and early[1].classes == classes else self._build_model(classes, state)
         if self._manifest_root is not None:
             write_manifest(self.out / SPLIT_NAME, samples, self._manifest_root)
 
