@@ -69,12 +69,19 @@ def default_settings() -> OrtSettings:
 
 
 def tuned_settings(threads: int) -> OrtSettings:
-    """The settings the benchmark's ``ort*`` backends use on ``threads`` cores (see :func:`sweep`).
+    """The settings the benchmark's ``ort*`` backends use on ``threads`` cores (re-measure with :func:`sweep`).
 
-    Measured on the 2-core dev CPU with the full ``wbcnet``: intra-op threads = physical cores (not
-    logical CPUs), sequential execution (the graph's two branches each fill both cores, so parallel
-    execution only adds contention), graph optimisation ``all`` (enables the NCHWc/NHWC layout
-    transformers, the largest single gain), arena and memory patterns on.
+    Full ``wbcnet``, batch 16, 2-core dev VM (onnxruntime 1.32). Idle machine: these settings 14.3
+    cells/s, ``SessionOptions()`` untouched 14.0-14.2: on this machine ORT's defaults already are the
+    optimum (its default intra-op pool is one thread per physical core), so "tuned" pins them down
+    explicitly rather than changing them. What each knob is worth (sweep with one core busy elsewhere,
+    ratios to these settings): graph optimisation ``basic``/``extended`` or no ``NchwcTransformer``
+    0.75x (the NCHWc blocked layout and its Conv+BN+ReLU fusions are the largest FP32 gain; for INT8,
+    no ``NhwcTransformer`` 0.67x); parallel execution 0.68x (both branches already fill both cores);
+    no arena 0.96x; no memory patterns 1.06x; denormals as zero 1.00x. Under CPU contention fewer
+    threads (1.24x) and no spinning (1.2x) win, because spinning threads fight the other process:
+    when inference shares the CPU with other work (segmentation in ``count``), pass
+    ``allow_spinning=False``.
     """
     return OrtSettings(label="tuned", intra_op_threads=int(threads), inter_op_threads=1)
 

@@ -151,6 +151,7 @@ def run_benchmark(config: BenchmarkConfig, quiet: bool = False) -> BenchmarkRepo
     reasons = {name: unavailable_reason(name) for name in config.backends}
     runnable = [n for n in config.backends if reasons[n] is None]
 
+    tuning_notes: list[str] = []
     with make_progress(quiet) as progress:
         # -- optional re-tuning of the ORT CPU session on this machine ----------------------------
         if config.tune and any(SPECS[n].runtime == "onnxruntime" and SPECS[n].device == "cpu" for n in runnable):
@@ -169,8 +170,12 @@ def run_benchmark(config: BenchmarkConfig, quiet: bool = False) -> BenchmarkRepo
                 points = sweep(path, inputs[:tb], cands, seconds=max(1.0, config.seconds / 2), warmup=1,
                                min_iters=config.min_iters, on_point=lambda _p, t=task: progress.advance(t))
                 report.ort_tuning += [{"model": precision, **p.to_dict()} for p in points]
+                busy = max((p.timing.other_load_cores or 0.0 for p in points if p.timing), default=0.0)
                 best = best_of(points)
-                if best is not None:
+                if best is not None and busy > CONTAMINATION_CORES:
+                    tuning_notes.append(f"ORT sweep ({precision}) not applied: other processes used up to {busy:.2f} CPU cores "
+                                        f"during it, so its winner ({best.label}) reflects the contention, not the machine")
+                elif best is not None:
                     settings_by_precision[precision] = best
                     if precision == "fp32":
                         settings_by_precision["fp16"] = best
@@ -263,7 +268,7 @@ def run_benchmark(config: BenchmarkConfig, quiet: bool = False) -> BenchmarkRepo
         "ort_session": {k: v.to_dict() for k, v in settings_by_precision.items()},
         "int8_recipe": config.int8_recipe.to_dict(), "tuned": bool(config.tune),
     }
-    report.notes += _notes(report, source)
+    report.notes += _notes(report, source) + tuning_notes
     return report
 
 
