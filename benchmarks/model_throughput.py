@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-iters", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-tune", action="store_true", help="skip the ONNX Runtime settings sweep")
-    ap.add_argument("--int8-accuracy", type=int, default=40, help="synthetic test cells per class for FP32 vs INT8 OA (0: skip)")
+    ap.add_argument("--int8-accuracy", type=int, default=100, help="synthetic test cells per class for FP32 vs INT8 OA (0: skip)")
     ap.add_argument("--agreement-cells", type=int, default=64)
     ap.add_argument("--cpu-ghz", type=float, default=None, help="CPU clock for the FP32 peak (default: OS-reported)")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")

@@ -5,6 +5,7 @@ backend needs (FP32/FP16/INT8 ONNX exports in a cache, a TensorRT engine on GPUs
 every batch size on the same input, and returns a :class:`BenchmarkReport` that writes JSON and Markdown.
 Importing this package does not import torch, onnxruntime or tensorrt.
 """
+from .accuracy import int8_accuracy
 from .backends import DEFAULT_BACKENDS, SPECS, BackendSpec, parse_backends, unavailable_reason
 from .int8 import Int8Recipe, batchnorm_to_depthwise_conv, quantize_for_cpu
 from .machine import PeakEstimate, cpu_fp32_peak, machine_info
@@ -16,7 +17,7 @@ from .timing import Timing, measure
 __all__ = [
     "DEFAULT_BACKENDS", "RESULT_KEYS", "SCHEMA", "SPECS", "BackendSpec", "BenchmarkConfig", "BenchmarkReport",
     "Int8Recipe", "OrtSettings", "PeakEstimate", "Result", "Timing", "batchnorm_to_depthwise_conv", "cpu_fp32_peak",
-    "default_settings", "machine_info", "make_session", "markdown", "measure", "parse_backends", "parse_batch_sizes",
+    "default_settings", "int8_accuracy", "machine_info", "make_session", "markdown", "measure", "parse_backends", "parse_batch_sizes",
     "quantize_for_cpu", "rich_table", "run_benchmark", "sweep", "sweep_candidates", "tuned_settings",
     "unavailable_reason", "write_json", "write_markdown",
 ]

@@ -148,8 +148,9 @@ def int8_accuracy(
             fp32 = tmpdir / "fp32.onnx"
             export_onnx(model, card, fp32)
             int8 = tmpdir / "int8.onnx"
-            out["method"] = ("proxy: random-init trunks (seed 0) with the classifier head trained on "
-                             f"{out['head_training']['train_cells']} synthetic cells; no trained {card.arch} exists offline")
+            out["method"] = ("proxy (no trained " + card.arch + " exists offline): random-init trunks (seed 0) with BatchNorm "
+                             f"statistics re-estimated and the classifier head trained on {out['head_training']['train_cells']} "
+                             "synthetic cells")
         if not int8.is_file():
             calibration, desc = artefacts.calibration_batch()
             out["int8_details"] = quantize_for_cpu(fp32, int8, card, calibration, recipe)

@@ -89,7 +89,8 @@ class ModelSource:
             return f"checkpoint {self.path} (sha256 {str(self.card.checkpoint_sha256 or '?')[:12]})"
         if self.kind == "onnx":
             return f"ONNX file {self.path} ({self.precision}); torch backends use random-init weights of the same architecture"
-        return f"random-init (seed {RANDOM_INIT_SEED}): throughput does not depend on the weights; accuracy figures are agreement only"
+        return (f"random-init (seed {RANDOM_INIT_SEED}): throughput does not depend on the weights; "
+                "top-1 agreement on random weights says little about accuracy (see int8_accuracy)")
 
     def to_dict(self) -> dict[str, Any]:
         return {
