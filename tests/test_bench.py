@@ -232,3 +232,29 @@ def test_int8_accuracy_proxy_small(bench_run):
         assert round(acc[key] * 10, 6) == int(round(acc[key] * 10))  # a count out of 10 cells
     assert acc["oa_loss_points"] == pytest.approx(100 * (acc["oa_fp32"] - acc["oa_int8"]), abs=0.01)
     assert acc["int8_details"]["batchnorm_rewritten"] > 0
+
+
+def test_checkpoint_run_is_benchmarked_with_its_weights(tmp_path):
+    """--checkpoint RUN: the exported ONNX and the torch backend both carry the run's trained weights."""
+    import torch
+
+    from wbc_deploy.classes import CLASSES
+    from wbc_deploy.model import card_for, create_model
+    from wbc_deploy.trainer.checkpoint import save_checkpoint
+
+    torch.manual_seed(123)  # not the benchmark's random-init seed: the weights must come from the run
+    card = card_for("wbcnet-tiny", list(CLASSES), input_size=32)
+    save_checkpoint(tmp_path / "run", create_model("wbcnet-tiny", len(CLASSES)), card)
+    report = run_benchmark(BenchmarkConfig(model="wbcnet-tiny", checkpoint=tmp_path / "run", backends=["ort", "torch"],
+                                           batch_sizes=[1], seconds=0.05, warmup=0, min_iters=1, agreement_cells=3,
+                                           cache_dir=tmp_path / "cache"), quiet=True)
+    assert report.model["kind"] == "run" and report.model["input_size"] == 32
+    ort_r, torch_r = report.results
+    assert ort_r.ok and torch_r.ok
+    assert torch_r.max_abs_diff_vs_fp32 < 1e-4
+    from wbc_deploy.bench.artefacts import onnx_file_card
+
+    exported, _precision = onnx_file_card(Path(report.artefacts["cache_dir"]) / "model.fp32.onnx")
+    assert card.checkpoint_sha256 and exported.checkpoint_sha256 == card.checkpoint_sha256
+    with pytest.raises(WbcError, match="does not match"):
+        run_benchmark(BenchmarkConfig(model="resnet18", checkpoint=tmp_path / "run", backends=["ort"], batch_sizes=[1]))
