@@ -1,8 +1,7 @@
 """Exported artefacts of a *trained* model scored with `wbc-deploy evaluate`: the FP32 ONNX model gives the
 checkpoint's confusion matrix, FP16 loses <= 0.5 and INT8 <= 1.0 OA points on the synthetic test set.
 
-The trained model comes from the shared ``trained_run`` / ``trained_test_dir`` fixtures when
-``tests/conftest.py`` provides them; otherwise this module trains its own small one once per session.
+The trained model comes from the shared ``trained_run`` / ``trained_test_dir`` fixtures of ``tests/conftest.py``.
 """
 from __future__ import annotations
 
@@ -27,21 +26,9 @@ def _cli(args: list) -> int:
 
 
 @pytest.fixture(scope="session")
-def trained(request, tmp_path_factory):
-    """(RUN directory, training images for calibration, labelled synthetic test folder)."""
-    try:
-        return (request.getfixturevalue("trained_run"), request.getfixturevalue("trained_train_dir"),
-                request.getfixturevalue("trained_test_dir"))
-    except pytest.FixtureLookupError:
-        pass
-    from wbc_deploy.data.synth_cells import write_cell_dataset
-    from wbc_deploy.trainer.fit import train
-
-    root = tmp_path_factory.mktemp("quantised")
-    write_cell_dataset(root / "train", per_class=60, size_px=32, seed=11)
-    write_cell_dataset(root / "test", per_class=40, size_px=32, seed=12)  # 200 images: 1 image = 0.5 OA points
-    train(root / "train", root / "run", preset="tiny", quiet=True, arch="resnet18", img_size=32, epochs=8, seed=0)
-    return root / "run", root / "train", root / "test"
+def trained(trained_run, trained_train_dir, trained_test_dir):
+    """(RUN directory, training images for calibration, labelled synthetic test folder) from tests/conftest.py."""
+    return trained_run, trained_train_dir, trained_test_dir
 
 
 @pytest.fixture(scope="session")

@@ -928,6 +928,10 @@ def draw_label(rng: np.random.Generator) -> str:
     return names[int(rng.choice(len(names), p=p / p.sum()))]
 
 
+#: Fraction of training images with a second WBC touching or near the centre one.
+NEIGHBOUR_PROBABILITY = 0.5
+
+
 def render_cell_image(label: str, size_px: int, rng: np.random.Generator, fov_um: float = DEFAULT_FOV_UM,
                       scan_mpp: float | None = None) -> np.ndarray:
     """One WBC of class ``label`` near the centre of a ``fov_um`` square field, among red cells.
@@ -936,8 +940,8 @@ def render_cell_image(label: str, size_px: int, rng: np.random.Generator, fov_um
     density, "scanned" at ``scan_mpp`` (default: drawn from :data:`SCAN_MPP_RANGE`) and resized to
     ``size_px`` with the deployment resize (:func:`wbc_deploy.preprocess.resize_rgb`). The cell is
     offset up to 1.5 um from the centre (detection centroids wander that much); red cells may
-    overlap its edge; in 15% of images part of another WBC shows at the border. Stain varies per
-    image. Returns RGB uint8 (size, size, 3).
+    overlap its edge; in 30% of images another WBC touches or nearly touches it (the classifier must
+    learn to name the centre cell, as crops of touching pairs on slides need). Stain varies per image. Returns RGB uint8 (size, size, 3).
     """
     if size_px < 8:
         raise WbcError(f"image size must be at least 8 px, got {size_px}")
@@ -949,10 +953,11 @@ def render_cell_image(label: str, size_px: int, rng: np.random.Generator, fov_um
     t, r = rng.uniform(0, 2 * np.pi), rng.uniform(0, 1.5)
     main = make_wbc(label, r * math.cos(t), r * math.sin(t), rng)
     wbcs = [main]
-    if rng.uniform() < 0.15:
+    if rng.uniform() < NEIGHBOUR_PROBABILITY:
         other = make_wbc(draw_label(rng), 0.0, 0.0, rng)
         t = rng.uniform(0, 2 * np.pi)
-        dist = main.radius_at(t) + other.radius_at(t + np.pi) + rng.uniform(0.5, 4.0)
+        # From touching (cytoplasm overlapping by up to 0.8 um, as the slides' touching pairs) to 3 um apart.
+        dist = main.radius_at(t) + other.radius_at(t + np.pi) + rng.uniform(-0.8, 3.0)
         wbcs.append(other.moved(main.x_um + dist * math.cos(t), main.y_um + dist * math.sin(t)))
     half = n * mpp / 2.0
     m = half + RBC_DIAMETER_UM[1]

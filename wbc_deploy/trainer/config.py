@@ -3,7 +3,7 @@
 ``paper`` is the reference paper's configuration (Table 3): wbcnet (ResNet50+DenseNet121) with SCAM,
 ImageNet-pretrained trunks, RAdam, lr 1e-5, batch 16, 100 epochs, mixup alpha 0.2, 224 px.
 ``tiny`` is a small configuration for CPU demos and tests: wbcnet-tiny (ResNet18 + DenseNet121 cut
-at stage 2, 128-channel fusion) from scratch at 64 px, with a larger learning rate because there are
+at stage 1, 128-channel fusion) from scratch at 64 px, with a larger learning rate because there are
 no pretrained weights offline, decayed to 0 along a cosine so a few epochs converge. Explicit options override the preset's values; when ``arch`` is
 overridden but ``img_size``/``attention`` are not, the architecture's own defaults are used.
 """
@@ -31,7 +31,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "arch": "wbcnet-tiny",
         "attention": "scam",
         "pretrained": "none",
-        "epochs": 8,
+        "epochs": 20,
         "batch_size": 16,
         "lr": 3e-3,
         "mixup_alpha": 0.2,
