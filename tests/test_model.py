@@ -120,7 +120,7 @@ def test_local_backbone_weights_are_loaded(tmp_path):
     old = {k.replace("norm1.", "norm.1.").replace("conv2.", "conv.2."): v for k, v in d121.state_dict().items()}
     torch.save(old, tmp_path / "d121.pth")
     model = create_model(
-        "wbcnet-tiny", 5, backbone_weights={"resnet18": tmp_path / "r18.pth", "densenet": tmp_path / "d121.pth"}
+        "wbcnet-tiny", 5, stage=2, backbone_weights={"resnet18": tmp_path / "r18.pth", "densenet": tmp_path / "d121.pth"}
     )
     torch.testing.assert_close(model.resnet.conv1.weight, r18.conv1.weight)
     torch.testing.assert_close(model.resnet.layer2[0].conv1.weight, r18.layer2[0].conv1.weight)
