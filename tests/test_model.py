@@ -135,6 +135,8 @@ def test_bad_weights_give_clear_errors(tmp_path):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
     with pytest.raises(WbcError, match="do not fit"):
         create_model("resnet50", 5, backbone_weights={"resnet50": tmp_path / "r18.pth"})
+    with pytest.raises(WbcError, match="no backbone of that name; use one of: resnet, resnet18, densenet, densenet121"):
+        create_model("wbcnet-tiny", 5, backbone_weights={"resnt18": tmp_path / "r18.pth"})
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(WbcError, match="cannot read weights file"):
         create_model("resnet18", 5, backbone_weights={"resnet18": tmp_path / "junk.pth"})

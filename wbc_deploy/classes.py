@@ -20,10 +20,10 @@ COLOURS: dict[str, str] = {
 
 _ALIASES: dict[str, str] = {
     "baso": "basophil", "b": "basophil",
-    "eos": "eosinophil", "eosino": "eosinophil", "e": "eosinophil",
-    "lym": "lymphocyte", "lymph": "lymphocyte", "lympho": "lymphocyte", "l": "lymphocyte",
+    "eos": "eosinophil", "eosi": "eosinophil", "eosino": "eosinophil", "e": "eosinophil",
+    "lym": "lymphocyte", "lymp": "lymphocyte", "lymph": "lymphocyte", "lympho": "lymphocyte", "l": "lymphocyte",
     "mono": "monocyte", "m": "monocyte",
-    "neu": "neutrophil", "neut": "neutrophil", "neutro": "neutrophil", "n": "neutrophil",
+    "neu": "neutrophil", "neut": "neutrophil", "neutro": "neutrophil", "neutrophile": "neutrophil", "n": "neutrophil",
     "seg": "neutrophil", "segmented neutrophil": "neutrophil", "band": "neutrophil",
 }
 

@@ -38,9 +38,6 @@ from ..errors import WbcError
 #: File name suffixes read as images (case-insensitive).
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
 
-#: Folder spellings of the public data sets that :func:`normalise_class_name` does not know (LISC).
-_EXTRA_CLASS_ALIASES: dict[str, str] = {"eosi": "eosinophil", "lymp": "lymphocyte", "neutrophile": "neutrophil"}
-
 _SPLIT_ALIASES: dict[str, str] = {
     "train": "train", "training": "train", "trainset": "train", "trainingset": "train",
     "val": "val", "valid": "val", "validation": "val", "valset": "val", "dev": "val",
@@ -93,11 +90,7 @@ class DatasetIndex:
 
 def class_of_folder(name: str) -> str | None:
     """Canonical class for a folder name (``Neutrophils``, ``NEUTROPHIL``, LISC ``neut``), else None."""
-    found = normalise_class_name(name)
-    if found is None:
-        key = re.sub(r"[\s._-]+", "", name.strip().lower())
-        found = _EXTRA_CLASS_ALIASES.get(key)
-    return found
+    return normalise_class_name(name)
 
 
 def split_of_folder(name: str) -> str | None:

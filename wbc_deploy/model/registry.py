@@ -80,7 +80,24 @@ def create_model(
         options["attention"] = att
     elif attention not in (None, "none"):
         raise WbcError(f"{arch} is a plain baseline and takes no attention block (got --attention {attention})")
+    names = backbone_names(info, options)
+    unknown = sorted(set(backbone_weights or {}) - set(names))
+    if unknown:
+        raise WbcError(
+            f"--backbone-weights {unknown[0]}=...: {arch} has no backbone of that name; use one of: {', '.join(names)}"
+        )
     return info.builder(num_classes=num_classes, pretrained=pretrained, backbone_weights=backbone_weights, **options)
+
+
+def backbone_names(info: ModelInfo, options: dict[str, Any]) -> list[str]:
+    """Names ``backbone_weights``/``pretrained`` may use for this model's trunks (branch and torchvision names)."""
+    if "tv_arch" in options:
+        return [options["tv_arch"]]
+    names: list[str] = []
+    for branch, default in (("resnet", "resnet50"), ("densenet", "densenet121")):
+        if branch in options.get("branches", ("resnet", "densenet")):
+            names += [branch, options.get(branch, default)]
+    return names
 
 
 def resolved_attention(arch: str, attention: str | None) -> str | None:
