@@ -258,3 +258,16 @@ def test_checkpoint_run_is_benchmarked_with_its_weights(tmp_path):
     assert card.checkpoint_sha256 and exported.checkpoint_sha256 == card.checkpoint_sha256
     with pytest.raises(WbcError, match="does not match"):
         run_benchmark(BenchmarkConfig(model="resnet18", checkpoint=tmp_path / "run", backends=["ort"], batch_sizes=[1]))
+
+
+def test_sweep_keeps_baseline_unless_clearly_beaten():
+    from wbc_deploy.bench.ort_settings import OrtSettings, SweepPoint, best_of
+    from wbc_deploy.bench.timing import Timing
+
+    def point(label: str, seconds: float) -> SweepPoint:
+        return SweepPoint(OrtSettings(label=label), Timing((seconds,) * 3, 1, 0.0), batch_size=16)
+
+    assert best_of([point("tuned", 1.0), point("other", 0.97)]).label == "tuned"  # 3% faster: noise
+    assert best_of([point("tuned", 1.0), point("other", 0.8)]).label == "other"
+    assert best_of([point("a", 1.0), point("b", 0.9)]).label == "b"  # no baseline in the sweep
+    assert best_of([SweepPoint(OrtSettings(label="tuned"), None, 16, error="x")]) is None

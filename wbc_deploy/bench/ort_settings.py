@@ -213,7 +213,17 @@ def sweep(
     return points
 
 
-def best_of(points: Sequence[SweepPoint]) -> OrtSettings | None:
-    """The settings with the highest measured throughput (None if none ran)."""
+def best_of(points: Sequence[SweepPoint], baseline: str = "tuned", margin: float = 0.05) -> OrtSettings | None:
+    """The fastest settings, but the ``baseline`` ones unless another beats them by more than ``margin``.
+
+    Identical sessions differ by a few percent from run to run (by up to 30% at batch 1 on a shared
+    VM host), so a sweep's winner by less than the margin is noise, not a better configuration.
+    """
     ran = [p for p in points if p.timing is not None]
-    return max(ran, key=lambda p: p.cells_per_s or 0.0).settings if ran else None
+    if not ran:
+        return None
+    best = max(ran, key=lambda p: p.cells_per_s or 0.0)
+    base = next((p for p in ran if p.settings.label == baseline), None)
+    if base is not None and (best.cells_per_s or 0.0) <= (1 + margin) * (base.cells_per_s or 0.0):
+        return base.settings
+    return best.settings

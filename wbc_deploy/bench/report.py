@@ -226,6 +226,9 @@ def markdown(report: BenchmarkReport) -> str:
         f"- Weights: {m.get('weights')}",
         f"- Threads {s.get('threads')}, {s.get('seconds')} s per point (at least {s.get('min_iters')} calls), "
         f"{s.get('warmup')} warm-up calls excluded; the same input batch for every backend; created {report.created}",
+        "- ONNX Runtime CPU sessions: " + "; ".join(
+            f"{prec}: {cfg.get('label')}" for prec, cfg in (s.get("ort_session") or {}).items())
+        + (" (chosen by the settings sweep below)" if s.get("tuned") else "") + "; ort-default: SessionOptions() untouched",
         "",
         "| " + " | ".join(HEADERS) + " |",
         "|" + "|".join("---:" if 3 <= i <= 13 else "---" for i in range(len(HEADERS))) + "|",
