@@ -71,17 +71,20 @@ def default_settings() -> OrtSettings:
 def tuned_settings(threads: int) -> OrtSettings:
     """The settings the benchmark's ``ort*`` backends use on ``threads`` cores (re-measure with :func:`sweep`).
 
-    Full ``wbcnet``, batch 16, 2-core dev VM (onnxruntime 1.32). Idle machine: these settings 14.3
-    cells/s, ``SessionOptions()`` untouched 14.0-14.2: on this machine ORT's defaults already are the
-    optimum (its default intra-op pool is one thread per physical core), so "tuned" pins them down
-    explicitly rather than changing them. What each knob is worth (sweep with one core busy elsewhere,
-    ratios to these settings): graph optimisation ``basic``/``extended`` or no ``NchwcTransformer``
-    0.75x (the NCHWc blocked layout and its Conv+BN+ReLU fusions are the largest FP32 gain; for INT8,
-    no ``NhwcTransformer`` 0.67x); parallel execution 0.68x (both branches already fill both cores);
-    no arena 0.96x; no memory patterns 1.06x; denormals as zero 1.00x. Under CPU contention fewer
-    threads (1.24x) and no spinning (1.2x) win, because spinning threads fight the other process:
-    when inference shares the CPU with other work (segmentation in ``count``), pass
-    ``allow_spinning=False``.
+    Two sweeps of the full ``wbcnet`` at batch 16 on the idle 2-core dev VM (onnxruntime 1.32;
+    ``benchmarks/results/model_throughput.md``), as ratios to these settings, FP32 / INT8:
+    ``SessionOptions()`` untouched 0.99-1.00 / 0.99; graph optimisation ``basic`` 0.66-0.73 / 0.15-0.21,
+    ``extended`` 0.65-0.73 / 0.51-0.53, no layout transformer (``NchwcTransformer`` for FP32,
+    ``NhwcTransformer`` for INT8) 0.66-0.74 / 0.51-0.73; parallel execution 0.48 / 0.57-0.60 (both
+    branches already fill both cores); one thread 0.51 / 0.58; no arena 0.92-0.96 / 0.92-1.01; no memory
+    patterns 1.00-1.03 / 0.99-1.11; no spinning 0.96-0.99 / 1.04-1.09; denormals as zero 0.99-1.01 /
+    1.03-1.06. So on this machine ORT's defaults already are the optimum (its default intra-op pool is one
+    thread per physical core; all optimisations, whose NCHWc/NHWC layouts are the largest single gain):
+    "tuned" pins them down explicitly rather than changing them, and the INT8 recipe
+    (:mod:`wbc_deploy.bench.int8`) is where the CPU speed-up comes from. Under CPU contention (one core
+    busy elsewhere) fewer threads (1.24x) and no spinning (1.2x) win, because spinning threads fight
+    the other process: when inference shares the CPU with other work (segmentation in ``count``),
+    pass ``allow_spinning=False``.
     """
     return OrtSettings(label="tuned", intra_op_threads=int(threads), inter_op_threads=1)
 
