@@ -133,7 +133,7 @@ def test_batchnorm_rewrite_is_exact():
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from wbc_deploy.bench.int8 import batchnorm_to_depthwise_conv
+    from wbc_deploy.converters.int8_cpu import batchnorm_to_depthwise_conv
 
     rng = np.random.default_rng(0)
     c = 6
@@ -219,7 +219,7 @@ def test_int8_accuracy_proxy_small(bench_run):
     """FP32 vs INT8 OA through the runtime + trainer evaluation; tiny sets, so only the bookkeeping is checked."""
     from wbc_deploy.bench.accuracy import int8_accuracy
     from wbc_deploy.bench.artefacts import Artefacts, resolve_source
-    from wbc_deploy.bench.int8 import Int8Recipe
+    from wbc_deploy.converters.int8_cpu import Int8Recipe
 
     _data, _md, cache = bench_run
     recipe = Int8Recipe(calib_images=8)

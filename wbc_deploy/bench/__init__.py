@@ -7,7 +7,7 @@ Importing this package does not import torch, onnxruntime or tensorrt.
 """
 from .accuracy import int8_accuracy
 from .backends import DEFAULT_BACKENDS, SPECS, BackendSpec, parse_backends, unavailable_reason
-from .int8 import Int8Recipe, batchnorm_to_depthwise_conv, quantize_for_cpu
+from ..converters.int8_cpu import Int8Recipe, batchnorm_to_depthwise_conv, quantize_for_cpu
 from .machine import PeakEstimate, cpu_fp32_peak, machine_info
 from .ort_settings import OrtSettings, default_settings, make_session, sweep, sweep_candidates, tuned_settings
 from .report import RESULT_KEYS, SCHEMA, BenchmarkReport, Result, markdown, rich_table, write_json, write_markdown

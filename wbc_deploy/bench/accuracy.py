@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import WbcError
 from .artefacts import Artefacts
-from .int8 import Int8Recipe, quantize_for_cpu
+from ..converters.int8_cpu import Int8Recipe, quantize_for_cpu
 
 TRAIN_SEED, TEST_SEED = 202, 303
 

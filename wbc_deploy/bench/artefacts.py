@@ -20,7 +20,7 @@ import numpy as np
 from .. import __version__
 from ..card import ModelCard
 from ..errors import WbcError
-from .int8 import Int8Recipe, quantize_for_cpu
+from ..converters.int8_cpu import Int8Recipe, quantize_for_cpu
 from .machine import package_versions
 
 CHECKPOINT_SUFFIXES = (".safetensors",)

@@ -8,7 +8,7 @@ name               runtime      precision  device  artefact
 ort                onnxruntime  fp32       cpu     FP32 ONNX, tuned CPU session settings
 ort-default        onnxruntime  fp32       cpu     FP32 ONNX, ``SessionOptions()`` untouched
 ort-fp16           onnxruntime  fp16       cpu     FP16 ONNX (float32 I/O), tuned settings
-ort-int8           onnxruntime  int8       cpu     static INT8 (:class:`~wbc_deploy.bench.int8.Int8Recipe`)
+ort-int8           onnxruntime  int8       cpu     static INT8 (:class:`~wbc_deploy.converters.int8_cpu.Int8Recipe`)
 torch              pytorch      fp32       cpu     eager, NCHW, threads = ``--threads``
 torch-nhwc         pytorch      fp32       cpu     eager, channels_last (oneDNN NHWC)
 torch-cuda         pytorch      fp32       cuda    eager on the GPU

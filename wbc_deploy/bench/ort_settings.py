@@ -81,7 +81,7 @@ def tuned_settings(threads: int) -> OrtSettings:
     1.03-1.06. So on this machine ORT's defaults already are the optimum (its default intra-op pool is one
     thread per physical core; all optimisations, whose NCHWc/NHWC layouts are the largest single gain):
     "tuned" pins them down explicitly rather than changing them, and the INT8 recipe
-    (:mod:`wbc_deploy.bench.int8`) is where the CPU speed-up comes from. Under CPU contention (one core
+    (:mod:`wbc_deploy.converters.int8_cpu`) is where the CPU speed-up comes from. Under CPU contention (one core
     busy elsewhere) fewer threads (1.24x) and no spinning (1.2x) win, because spinning threads fight
     the other process: when inference shares the CPU with other work (segmentation in ``count``),
     pass ``allow_spinning=False``.

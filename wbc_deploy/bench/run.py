@@ -13,7 +13,7 @@ from ..console import make_progress, warn
 from ..errors import WbcError
 from .artefacts import Artefacts, default_cache_dir, resolve_source
 from .backends import DEFAULT_BACKENDS, SPECS, Runner, build_runner, unavailable_reason
-from .int8 import Int8Recipe
+from ..converters.int8_cpu import Int8Recipe
 from .machine import load_average, machine_info, physical_cores
 from .ort_settings import OrtSettings, best_of, sweep, sweep_candidates, tuned_settings
 from .report import BenchmarkReport, Result

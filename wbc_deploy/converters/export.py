@@ -251,7 +251,7 @@ def export_model(
         )
 
     if opts.int8:
-        from ..bench.int8 import Int8Recipe, quantize_for_cpu
+        from .int8_cpu import Int8Recipe, quantize_for_cpu
         from ..preprocess import prepare_batch
         from .images import load_images
 

@@ -7,7 +7,7 @@
   BN folding), then ``quantize_static`` with per-channel INT8 weights and activations calibrated
   (MinMax) on crops preprocessed by ``prepare_batch``, QDQ format by default (QOperator selectable).
   The final Softmax stays float so probabilities keep their resolution. ``wbc-deploy export --int8``
-  calls this through the CPU recipe measured in :mod:`wbc_deploy.bench.int8` (uint8 activations, i.e.
+  calls this through the CPU recipe measured in :mod:`wbc_deploy.converters.int8_cpu` (uint8 activations, i.e.
   U8S8, and DenseNet's stand-alone BatchNorms rewritten as depthwise 1x1 convolutions first): with
   ORT's default S8S8 many convolutions stay unfused and INT8 is no faster than FP32 on x86.
 

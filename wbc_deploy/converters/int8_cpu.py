@@ -174,10 +174,10 @@ def quantize_for_cpu(src: str | Path, out: str | Path, card: ModelCard, calibrat
     """
     import onnx
 
-    from ..converters.quantize import quantize_int8
+    from .quantize import quantize_int8
 
     details: dict[str, Any] = {"recipe": recipe.to_dict()}
-    with tempfile.TemporaryDirectory(prefix="wbc-bench-int8-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="wbc-int8-") as tmp:
         source = Path(src)
         if recipe.bn_as_conv:
             proto = onnx.load(str(src))
