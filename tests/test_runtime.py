@@ -14,7 +14,8 @@ from wbc_deploy.errors import WbcError
 from wbc_deploy.preprocess import prepare_batch
 from wbc_deploy.runtime import backend_for_path, canonical_backend, open_backend
 from wbc_deploy.runtime.base import softmax
-from wbc_deploy.runtime.engine_meta import EngineInfo, check_compatible, sha256_file, sidecar_path
+from wbc_deploy.files import sha256_file
+from wbc_deploy.runtime.engine_meta import EngineInfo, check_compatible, sidecar_path
 from wbc_deploy.runtime.ort_backend import OrtBackend, resolve_providers
 from wbc_deploy.runtime.trt_backend import double_buffered, split_for_profile
 

@@ -43,7 +43,8 @@ def engine(tmp_path_factory):
 @needs_trt
 def test_engine_sidecar_records_version_gpu_profile_and_hashes(engine):
     root, onnx_path, engine_path, info = engine
-    from wbc_deploy.runtime.engine_meta import EngineInfo, sha256_file
+    from wbc_deploy.files import sha256_file
+    from wbc_deploy.runtime.engine_meta import EngineInfo
 
     side = json.loads((root / "model.engine.json").read_text())
     assert side["precision"] == "fp16" and side["profile"] == {"min": 1, "opt": 8, "max": 16}

@@ -17,7 +17,8 @@ from safetensors import safe_open
 from wbc_deploy.card import ONNX_CARD_KEY, ModelCard
 from wbc_deploy.data.synth_cells import write_cell_dataset
 from wbc_deploy.errors import WbcError
-from wbc_deploy.trainer.checkpoint import load_checkpoint, load_training_state, save_checkpoint, sha256_file
+from wbc_deploy.files import sha256_file
+from wbc_deploy.trainer.checkpoint import load_checkpoint, load_training_state, save_checkpoint
 from wbc_deploy.trainer.fit import train
 
 try:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..files import sha256_file
 from .. import __version__
 from ..card import ModelCard
 from ..errors import WbcError
@@ -37,13 +38,6 @@ def default_cache_dir() -> Path:
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "wbc-deploy" / "bench"
 
-
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def onnx_file_card(path: Path) -> tuple[ModelCard, str]:
@@ -118,7 +112,7 @@ def resolve_source(model: str, checkpoint: str | Path | None = None) -> ModelSou
         if not p.is_file():
             raise WbcError(f"ONNX model not found: {p}")
         card, precision = onnx_file_card(p)
-        return ModelSource("onnx", card, model, p, precision, identity=f"onnx:{_sha256(p)}")
+        return ModelSource("onnx", card, model, p, precision, identity=f"onnx:{sha256_file(p)}")
     if p.is_dir() or p.suffix.lower() in CHECKPOINT_SUFFIXES:
         return _run_source(p, given=model)
     if _looks_like_path(model):
@@ -142,7 +136,7 @@ def _run_source(run: Path, given: str) -> ModelSource:
     from ..trainer.checkpoint import load_state
 
     _state, card = load_state(run)
-    ident = card.checkpoint_sha256 or _sha256(run / "model.safetensors" if run.is_dir() else run)
+    ident = card.checkpoint_sha256 or sha256_file(run / "model.safetensors" if run.is_dir() else run)
     return ModelSource("run", card, given, run, "fp32", identity=f"run:{ident}")
 
 

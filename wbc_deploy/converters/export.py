@@ -135,7 +135,8 @@ def _load_source(model_path: Path) -> tuple[Any, ModelCard, str | None]:
 
         return None, read_onnx_card(model_path), None
     try:
-        from ..trainer.checkpoint import CHECKPOINT_NAME, load_checkpoint, sha256_file
+        from ..files import sha256_file
+        from ..trainer.checkpoint import CHECKPOINT_NAME, load_checkpoint
     except ImportError as exc:
         raise WbcError(f"exporting a checkpoint needs PyTorch (`pip install wbc-deploy[train]`): {exc}") from None
     model, card = load_checkpoint(model_path)

@@ -20,7 +20,8 @@ from .. import __version__
 from ..card import ModelCard
 from ..console import warn
 from ..errors import WbcError
-from ..runtime.engine_meta import EngineInfo, sha256_file
+from ..files import sha256_file
+from ..runtime.engine_meta import EngineInfo
 from ..runtime.trt_backend import TRT_INSTALL_HINT, gpu_identity, import_pycuda, import_tensorrt
 
 

@@ -7,12 +7,12 @@ the sha256 of the source ONNX and of the engine, and the model card. Torch-free,
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..files import sha256_file
 from ..card import ModelCard
 from ..errors import WbcError
 
@@ -25,14 +25,6 @@ def sidecar_path(engine_path: str | Path) -> Path:
     p = Path(engine_path)
     return p.with_name(p.name + ".json")
 
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

@@ -7,7 +7,6 @@ with ``torch.save`` and read with ``torch.load(weights_only=True)``: no arbitrar
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..files import sha256_file
 from ..card import ONNX_CARD_KEY, ModelCard
 from ..errors import WbcError
 
@@ -24,14 +24,6 @@ CHECKPOINT_NAME = "model.safetensors"
 CARD_NAME = "card.json"
 LAST_NAME = "last.pt"
 
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _tmp(path: Path) -> Path:
