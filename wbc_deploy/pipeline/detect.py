@@ -74,14 +74,17 @@ def read_level(reader, level: int, x: int, y: int, w: int, h: int, fill: tuple[f
     """
     lw, lh = reader.level_dimensions[level]
     ds = float(reader.level_downsamples[level])
-    out = np.empty((h, w, 3), np.uint8)
-    out[:] = np.asarray(fill if fill is not None else (255, 255, 255), dtype=np.float64).round().astype(np.uint8)
     x0, y0 = max(0, x), max(0, y)
     x1, y1 = min(lw, x + w), min(lh, y + h)
-    if x1 <= x0 or y1 <= y0:
-        return out
-    region = np.asarray(reader.read_region((int(round(x0 * ds)), int(round(y0 * ds))), level, (x1 - x0, y1 - y0)))
-    out[y0 - y : y1 - y, x0 - x : x1 - x] = region[..., :3]
+    region = None
+    if x1 > x0 and y1 > y0:
+        region = np.asarray(reader.read_region((int(round(x0 * ds)), int(round(y0 * ds))), level, (x1 - x0, y1 - y0)))
+        if region.shape == (h, w, 3) and region.dtype == np.uint8:
+            return region  # wholly inside the slide: no copy
+    out = np.empty((h, w, 3), np.uint8)
+    out[:] = np.asarray(fill if fill is not None else (255, 255, 255), dtype=np.float64).round().astype(np.uint8)
+    if region is not None:
+        out[y0 - y : y1 - y, x0 - x : x1 - x] = region[..., :3]
     return out
 
 
@@ -141,7 +144,8 @@ def candidate_windows(rgb: np.ndarray, plan: ScanPlan, params: SegmentParams
     empty = np.zeros(chromatin.shape, np.int32)
     if not chromatin.any():
         return empty, chromatin, np.zeros(1, np.int64), []
-    fused = ndi.binary_dilation(chromatin, structure=np.ones((3, 3), bool))
+    # a 3 x 3 binary dilation (a separable maximum filter is the fastest way to it)
+    fused = ndi.maximum_filter(chromatin.view(np.uint8), size=3)
     lab, n = ndi.label(fused)
     area = np.bincount(lab[chromatin], minlength=n + 1)  # chromatin pixels per fused group
     keep = area >= plan.candidate_min_px
@@ -150,11 +154,14 @@ def candidate_windows(rgb: np.ndarray, plan: ScanPlan, params: SegmentParams
         return empty, np.zeros_like(chromatin), np.zeros(1, np.int64), []
     kept = keep[lab]
     candidates = kept & chromatin
-    grown = ndi.maximum_filter(kept.view(np.uint8), size=2 * plan.margin_px + 1) > 0
+    grown = ndi.maximum_filter(kept.view(np.uint8), size=2 * plan.margin_px + 1)
     windows, n_windows = ndi.label(grown)
-    # candidate nuclei per window: a window holding several goes straight to refinement
-    pairs = np.unique(np.stack([windows[kept], lab[kept]]), axis=1)
-    groups = np.bincount(pairs[0], minlength=n_windows + 1)
+    # candidate nuclei per window: a window holding several goes straight to refinement. A fused
+    # group is connected and lies inside its grown window, so any of its pixels names the window.
+    at = np.flatnonzero(kept)
+    window_of = np.zeros(n + 1, np.int64)
+    window_of[lab.ravel()[at]] = windows.ravel()[at]
+    groups = np.bincount(window_of[np.flatnonzero(keep)], minlength=n_windows + 1)
     return windows, candidates, groups, [sl for sl in ndi.find_objects(windows) if sl is not None]
 
 

@@ -21,6 +21,7 @@ Steps, at a working resolution no finer than ``params.work_mpp`` um/px:
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -28,16 +29,23 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
-from skimage.measure import regionprops
-from skimage.morphology import disk, local_maxima, reconstruction
+from skimage.morphology import convex_hull_image, disk, local_maxima, reconstruction
 from skimage.segmentation import watershed
 
 from .params import SegmentParams
 from .stain import apply_table, as_rgb_uint8, density_tables, estimate_background
 
+try:  # scikit-image's own inner loop of ``reconstruction``, fed a faster sort (see _domes)
+    from skimage.morphology._grayreconstruct import reconstruction_loop as _reconstruction_loop
+except ImportError:  # pragma: no cover - a scikit-image without it: the public function is used
+    _reconstruction_loop = None
+
 
 #: Radius (um) of the opening that keeps nucleus bodies and removes strands and granule chains.
 THICK_CHROMATIN_UM = 0.8
+
+#: Structuring elements built once (SciPy would rebuild its default on every call).
+_CROSS = ndi.generate_binary_structure(2, 1)
 
 
 @dataclass(frozen=True)
@@ -166,13 +174,34 @@ def _stained_threshold(tot_od: np.ndarray, params: SegmentParams) -> float:
 
 
 def _disk(radius_px: float) -> np.ndarray | None:
-    r = int(round(radius_px))
-    return disk(r).astype(bool) if r >= 1 else None
+    return _disk_of(int(round(radius_px)))
+
+
+@functools.lru_cache(maxsize=64)
+def _disk_of(r: int) -> np.ndarray | None:
+    if r < 1:
+        return None
+    d = disk(r).astype(bool)
+    d.flags.writeable = False
+    return d
+
+
+def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """4-connected components of a 2-D mask (int32 labels, count)."""
+    return ndi.label(mask, structure=_CROSS)
+
+
+def _lut(labels: np.ndarray, n: int, present: np.ndarray) -> np.ndarray:
+    """Boolean table over label ids 0..n: True for the ids in ``present`` except 0."""
+    table = np.zeros(n + 1, bool)
+    table[present] = True
+    table[0] = False
+    return table
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """Fill holes: background components that do not touch the border (faster than iterative filling)."""
-    lab, n = ndi.label(~mask)
+    lab, n = _label(~mask)
     if n == 0:
         return mask
     border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
@@ -184,7 +213,7 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
 
 def _hysteresis(values: np.ndarray, low: float, high: float) -> np.ndarray:
     """Pixels above ``low`` connected to a pixel above ``high``."""
-    lab, n = ndi.label(values > low)
+    lab, n = _label(values > low)
     if n == 0:
         return np.zeros(values.shape, bool)
     keep = np.zeros(n + 1, bool)
@@ -204,7 +233,7 @@ def _chromatin_mask(candidates: np.ndarray, work_mpp: float, params: SegmentPara
 
 def _candidate_windows(mask: np.ndarray, margin: int) -> list[tuple[slice, slice]]:
     """Bounding boxes of mask components grown by ``margin``, merged until no two overlap."""
-    lab, _ = ndi.label(mask)
+    lab, _ = _label(mask)
     h, w = mask.shape
     boxes = [[max(0, sl[0].start - margin), max(0, sl[1].start - margin),
               min(h, sl[0].stop + margin), min(w, sl[1].stop + margin)]
@@ -236,15 +265,77 @@ def _split(shape: np.ndarray, h_px: float, flood: np.ndarray | None = None) -> n
     a component of it without a marker becomes one object.
     """
     flood = shape if flood is None else flood
+    out = np.zeros(flood.shape, np.int32)
+    box = _bbox(flood, pad=1)
+    if box is None:
+        return out
+    # Everything happens inside the flood (and the shape within it): work on its bounding box with
+    # a one-pixel frame of background, which gives the same distances, domes and basins as the
+    # whole window (the frame keeps the background connected around the objects) at a fraction
+    # of the cost of the reconstruction's sort.
+    shape, flood = shape[box], flood[box]
     dist = ndi.distance_transform_edt(shape)
-    domes = reconstruction(dist - h_px, dist, method="dilation")
+    domes = _domes(dist, h_px)
     peaks = local_maxima(domes) & shape
-    markers, n = ndi.label(peaks)
-    comp, _ = ndi.label(flood)
-    orphan = (comp > 0) & ~np.isin(comp, np.unique(comp[markers > 0]))
+    markers, n = _label(peaks)
+    comp, nc = _label(flood)
+    orphan = (comp > 0) & ~_lut(comp, nc, comp[markers > 0])[comp]
     if orphan.any():
         markers = np.where(orphan, comp + n, markers)
-    return watershed(-dist, markers, mask=flood)
+    out[box] = watershed(-dist, markers, mask=flood)
+    return out
+
+
+def _domes(dist: np.ndarray, h: float) -> np.ndarray:
+    """Morphological reconstruction by dilation of ``dist - h`` under ``dist`` (3 x 3 neighbourhood).
+
+    The same computation as ``skimage.morphology.reconstruction(dist - h, dist)``: scikit-image's
+    own inner loop, but with one stable sort of the pixel values instead of the two quicksorts the
+    public function makes (a distance map has long runs of equal values, where NumPy's quicksort is
+    slow: ~4x the whole loop). Falls back to the public function if the loop is not importable.
+    """
+    if _reconstruction_loop is None:
+        return reconstruction(dist - h, dist, method="dilation")
+    shape = dist.shape
+    padded = (shape[0] + 2, shape[1] + 2)
+    seed = dist - h
+    images = np.full((2, *padded), seed.min(), dtype=np.float64)
+    images[0, 1:-1, 1:-1] = seed
+    images[1, 1:-1, 1:-1] = dist
+    images = images.reshape(-1)
+    size = images.size
+    itype = np.result_type(np.min_scalar_type(-size), np.int32)
+    order = np.argsort(images, kind="stable").astype(itype, copy=False)
+    ordered = images[order]
+    # rank of each pixel's value among the distinct values (what skimage's rank_order computes)
+    step = np.empty(size, itype)
+    step[0] = 0
+    np.not_equal(ordered[1:], ordered[:-1], out=step[1:])
+    rank_sorted = np.cumsum(step, dtype=itype)
+    values = ordered[np.concatenate(([True], step[1:].astype(bool)))]
+    ranks = np.empty(size, itype)
+    ranks[order] = rank_sorted
+    order = order[::-1]  # dilation goes from the largest value down
+    prev = np.full(size, -1, itype)
+    nxt = np.full(size, -1, itype)
+    prev[order[1:]] = order[:-1]
+    nxt[order[:-1]] = order[1:]
+    stride = padded[1]
+    strides = np.array([-stride - 1, -stride, -stride + 1, -1, 1, stride - 1, stride, stride + 1], itype)
+    ranks = ranks.astype(np.dtype(itype.char.upper()), copy=False)
+    _reconstruction_loop(ranks, prev, nxt, strides, order[0], padded[0] * padded[1])
+    return values[ranks[: padded[0] * padded[1]]].reshape(padded)[1:-1, 1:-1]
+
+
+def _bbox(mask: np.ndarray, pad: int = 0) -> tuple[slice, slice] | None:
+    """Bounding box of a 2-D mask grown by ``pad`` pixels (clipped to the array), or None if empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    h, w = mask.shape
+    return (slice(max(0, int(rows[0]) - pad), min(h, int(rows[-1]) + 1 + pad)),
+            slice(max(0, int(cols[0]) - pad), min(w, int(cols[-1]) + 1 + pad)))
 
 
 def _pair_counts(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -269,7 +360,7 @@ def _merge_by_chromatin(regions: np.ndarray, chrom: np.ndarray, work_mpp: float,
     if selem is None:
         return regions
     thick = ndi.binary_opening(chrom, structure=selem)
-    comp, n = ndi.label(thick)
+    comp, n = _label(thick)
     sel = (comp > 0) & (regions > 0)
     if n == 0 or not sel.any():
         return regions
@@ -295,7 +386,7 @@ def _split_by_nuclei(regions: np.ndarray, chrom: np.ndarray, fused: np.ndarray, 
     The shape split misses touching cells whose outlines show no neck (a small pale cell against a
     big one); their nuclei still mark them: the region is re-flooded from each nucleus.
     """
-    groups, n = ndi.label(fused)
+    groups, n = _label(fused)
     if n < 2:
         return regions
     sizes = ndi.sum_labels(chrom, groups, np.arange(1, n + 1))
@@ -377,8 +468,8 @@ def _segment_window(sl, candidates, nuc_od, rgb, tables, stained_od, work_mpp, p
     # together, but the split is decided on the cell outline alone.
     shape = _fill_holes((chrom | cyto) & reach)
     flood = shape | fused
-    comp, _ = ndi.label(flood)
-    keep = np.isin(comp, np.unique(comp[chrom]))
+    comp, nc = _label(flood)
+    keep = _lut(comp, nc, comp[chrom])[comp]
     h_px = params.split_h_um / work_mpp
     regions = _split(shape & keep, h_px, flood & keep)
     regions = _merge_by_chromatin(regions, chrom, work_mpp, params)
@@ -386,7 +477,7 @@ def _segment_window(sl, candidates, nuc_od, rgb, tables, stained_od, work_mpp, p
         # Too coarse to see a lobe gap (it spans under two pixels): touching nuclei blur together
         # through thin bridges while lobes blur into one mass, so nuclei are the chromatin pieces
         # left by an opening that breaks one-pixel bridges.
-        groups = ndi.binary_opening(chrom, structure=ndi.generate_binary_structure(2, 1))
+        groups = ndi.binary_opening(chrom, structure=_CROSS)
     else:
         groups = fused
     regions = _split_by_nuclei(regions, chrom & groups, groups, params.nucleus_area_min_um2 / (work_mpp * work_mpp))
@@ -397,16 +488,18 @@ def _segment_window(sl, candidates, nuc_od, rgb, tables, stained_od, work_mpp, p
     smooth = _disk(params.cell_open_um / work_mpp)
     stained_mask = tot > stained_od
     by_basin: np.ndarray | None = None  # computed once, only if some cell needs it
-    for region in regionprops(regions):
-        r0, c0, r1, c1 = region.bbox
-        inside = region.image
+    for label, box in enumerate(ndi.find_objects(regions), start=1):
+        if box is None:
+            continue
+        r0, r1, c0, c1 = box[0].start, box[0].stop, box[1].start, box[1].stop
+        inside = regions[box] == label
         nuc_area = float((chrom[r0:r1, c0:c1] & inside).sum()) * px_area
         if not (params.nucleus_area_min_um2 <= nuc_area <= params.nucleus_area_max_um2):
             continue
         colour_area = float((inside & solid[r0:r1, c0:c1]).sum()) * px_area
         grown = False
         if colour_area < params.cytoplasm_min_ratio * nuc_area and _granule_ring(
-                chrom, regions == region.label, stained_mask, solid, work_mpp, params):
+                chrom, regions == label, stained_mask, solid, work_mpp, params):
             # No cytoplasm by colour but a ring of red granules around the nucleus (an eosinophil):
             # take the stained objects (watershed of the stained mask's distance transform) in which
             # this cell holds most of the chromatin.
@@ -415,35 +508,36 @@ def _segment_window(sl, candidates, nuc_od, rgb, tables, stained_od, work_mpp, p
                 basins = _split(stained, h_px)
                 owner = _basin_owners(basins, np.where(chrom, regions, 0), params.nucleus_area_min_um2 * 0.5 / px_area)
                 by_basin = owner[basins]
-            mine = by_basin == region.label
+            mine = by_basin == label
             if mine.any():
                 grown = True
                 rows, cols = np.nonzero(mine)
                 r0, c0 = min(r0, int(rows.min())), min(c0, int(cols.min()))
                 r1, c1 = max(r1, int(rows.max()) + 1), max(c1, int(cols.max()) + 1)
-        inside = regions[r0:r1, c0:c1] == region.label
+        inside = regions[r0:r1, c0:c1] == label
         nuc_mask = chrom[r0:r1, c0:c1] & inside
         cell = inside & solid[r0:r1, c0:c1]
         if grown:
-            cell |= (by_basin[r0:r1, c0:c1] == region.label) & (inside | (regions[r0:r1, c0:c1] == 0))
+            cell |= (by_basin[r0:r1, c0:c1] == label) & (inside | (regions[r0:r1, c0:c1] == 0))
         cell_mask = _fill_holes(cell)
         if smooth is not None:  # cut thin cytoplasm-coloured spurs along red-cell rims
             pad = smooth.shape[0]
-            cell_mask = ndi.binary_opening(np.pad(cell_mask, pad), structure=smooth)[pad:-pad, pad:-pad] | nuc_mask
-        lab, n = ndi.label(cell_mask)
+            framed = np.zeros((cell_mask.shape[0] + 2 * pad, cell_mask.shape[1] + 2 * pad), bool)
+            framed[pad:-pad, pad:-pad] = cell_mask
+            cell_mask = ndi.binary_opening(framed, structure=smooth)[pad:-pad, pad:-pad] | nuc_mask
+        lab, n = _label(cell_mask)
         if n > 1:  # keep the parts that hold chromatin, drop stray cytoplasm-coloured bits
-            cell_mask = np.isin(lab, np.unique(lab[nuc_mask]))
+            cell_mask = _lut(lab, n, lab[nuc_mask])[lab]
         cell_area = float(cell_mask.sum()) * px_area
         if not (params.cell_area_min_um2 <= cell_area <= params.cell_area_max_um2):
             continue
         gr0, gc0 = sl[0].start + r0, sl[1].start + c0
         gr1, gc1 = gr0 + (r1 - r0), gc0 + (c1 - c0)
         border = gr0 == 0 or gc0 == 0 or gr1 >= h or gc1 >= w
-        props = regionprops(cell_mask.astype(np.uint8))[0]
+        solidity, eccentricity = _shape_stats(cell_mask)
         # Shape limits apply to outlines found by colour; a cell grown from its stained object
         # has the uncertain outline of whatever touches it, and a cut cell is not round.
-        if not border and not grown and (props.solidity < params.min_solidity
-                                         or props.eccentricity > params.max_eccentricity):
+        if not border and not grown and (solidity < params.min_solidity or eccentricity > params.max_eccentricity):
             continue
         target = out_labels[gr0:gr1, gc0:gc1]
         free = cell_mask & (target == 0)  # a filled hole may hold an earlier cell: never overwrite it
@@ -453,8 +547,25 @@ def _segment_window(sl, candidates, nuc_od, rgb, tables, stained_od, work_mpp, p
         cell_id = len(found) + 1
         target[free] = cell_id
         out_nuclei[gr0:gr1, gc0:gc1][nuc_mask] = cell_id
-        found[cell_id] = _Found(n_lobes=int(ndi.label(nuc_mask)[1]), solidity=float(props.solidity),
-                                eccentricity=float(props.eccentricity))
+        found[cell_id] = _Found(n_lobes=int(_label(nuc_mask)[1]), solidity=solidity, eccentricity=eccentricity)
+
+
+def _shape_stats(mask: np.ndarray) -> tuple[float, float]:
+    """Solidity (area over convex-hull area) and eccentricity of a non-empty 2-D mask.
+
+    The same definitions as ``skimage.measure.regionprops`` (hull of the pixel corners; the
+    ellipse with the same second central moments), without its per-region machinery.
+    """
+    img = mask[_bbox(mask)]
+    rows, cols = np.nonzero(img)
+    area = rows.size
+    solidity = area / int(np.count_nonzero(convex_hull_image(img)))
+    r = rows - rows.mean()
+    c = cols - cols.mean()
+    rr, cc, rc = float(r @ r) / area, float(c @ c) / area, float(r @ c) / area
+    l2, l1 = np.clip(np.linalg.eigvalsh(np.array([[cc, -rc], [-rc, rr]])), 0.0, None)
+    eccentricity = math.sqrt(1.0 - l2 / l1) if l1 != 0 else 0.0
+    return float(solidity), float(eccentricity)
 
 
 def _finalise(work_labels, work_nuclei, found: dict[int, _Found], rgb, tables, factor,

@@ -9,6 +9,7 @@ which costs three table look-ups per pixel instead of a log and a matrix product
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,14 +52,22 @@ def density_tables(background: Sequence[float], params: SegmentParams) -> np.nda
     """Per-channel lookup tables, float32 of shape (3 outputs, 3 channels, 256 values).
 
     Outputs: nucleus-stain concentration, eosin concentration and total OD (sum over channels);
-    each output is the sum over channels of ``table[output, channel, value]``.
+    each output is the sum over channels of ``table[output, channel, value]``. The tables are
+    cached per (background, stain vectors) and returned read-only.
     """
+    bg = tuple(float(v) for v in np.asarray(background, dtype=np.float64).reshape(3))
+    return _density_tables(bg, tuple(params.nucleus_od), tuple(params.eosin_od))
+
+
+@functools.lru_cache(maxsize=256)
+def _density_tables(background: tuple[float, float, float], nucleus_od: tuple, eosin_od: tuple) -> np.ndarray:
     bg = np.asarray(background, dtype=np.float64).reshape(3, 1)
     values = np.arange(256, dtype=np.float64).reshape(1, 256)
     od = np.clip(-np.log10((values + 1.0) / (bg + 1.0)), 0.0, None)  # channel x value
-    inverse = np.linalg.inv(stain_matrix(params.nucleus_od, params.eosin_od))  # concentration = OD @ inverse
-    tables = np.stack([od * inverse[:, 0:1], od * inverse[:, 1:2], od])
-    return tables.astype(np.float32)
+    inverse = np.linalg.inv(stain_matrix(nucleus_od, eosin_od))  # concentration = OD @ inverse
+    tables = np.stack([od * inverse[:, 0:1], od * inverse[:, 1:2], od]).astype(np.float32)
+    tables.flags.writeable = False
+    return tables
 
 
 def apply_table(table: np.ndarray, rgb: np.ndarray) -> np.ndarray:
