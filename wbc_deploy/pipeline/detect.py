@@ -16,7 +16,7 @@ from scipy import ndimage as ndi
 from skimage.measure import approximate_polygon, find_contours
 
 from ..preprocess import resize_rgb
-from ..segment import SegmentParams, segment_wbcs
+from ..segment import SegmentParams, segment_fields
 from ..segment.stain import density_tables, estimate_background
 from .options import COARSE_AREA_UM2, COARSE_MAX_ECCENTRICITY, COARSE_MIN_SOLIDITY, COARSE_UNEXPLAINED_UM2
 from .plan import CropGeometry, Resolution, ScanPlan, Tile
@@ -188,12 +188,13 @@ def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResu
     """Read, detect and crop one tile (see the module docstring); coordinates in the result are level 0.
 
     The tile's pad box is read at the detection resolution and candidate windows are found there
-    (:func:`candidate_windows`). Each window is segmented (:func:`wbc_deploy.segment.segment_wbcs`)
-    at the detection resolution; unless that result is a lone clean WBC (:func:`coarse_is_enough`,
-    or always with ``plan.refine_all``) the window is read again at the refinement resolution and
-    segmented there. A cell is kept if its centroid lies in the tile's core and in its own window's
-    area (so a cell seen by two overlapping window boxes counts once). ``crops=False`` skips reading
-    the model crops (the scan stage alone, for benchmarks).
+    (:func:`candidate_windows`). Windows holding one candidate nucleus are segmented at the detection
+    resolution (:func:`wbc_deploy.segment.segment_fields`, all of the tile's in one batch); unless
+    that result is a lone clean WBC (:func:`coarse_is_enough`, or always with ``plan.refine_all``) the
+    window is read again at the refinement resolution, and those windows are segmented there (one
+    batch again). A cell is kept if its centroid lies in the tile's core and in its own window's area
+    (so a cell seen by two overlapping window boxes counts once). ``crops=False`` skips reading the
+    model crops (the scan stage alone, for benchmarks).
     """
     plan = job.plan
     det, ref = plan.detect, plan.refine
@@ -204,28 +205,35 @@ def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResu
     windows, candidates, groups, slices = candidate_windows(rgb, plan, job.params)
     px, py = tile.pad[0], tile.pad[1]
     scale = det.ds / ref.ds  # refinement px per detection px
-    found: list[tuple[float, float, Detection]] = []
     cx0, cy0, cx1, cy1 = (tile.core[0] - px, tile.core[1] - py, tile.core[2] - px, tile.core[3] - py)
-    refined = 0
-    for k, (sy, sx) in enumerate(slices, start=1):
-        # A window is its nuclei grown by more than a WBC radius: one that misses the core holds no owned cell.
-        if sx.stop <= cx0 or sx.start >= cx1 or sy.stop <= cy0 or sy.start >= cy1:
-            continue
-        seg, res, ox, oy = None, det, sx.start + px, sy.start + py
-        if not plan.refine_all and det.ds != ref.ds and groups[k] == 1:
-            coarse = segment_wbcs(rgb[sy, sx], det.mpp, job.params)
-            if coarse_is_enough(coarse, candidates[sy, sx] & (windows[sy, sx] == k), det.mpp):
-                seg = coarse
-        if seg is None:
-            # window box in refinement px (slide frame)
-            res = ref
-            ox, oy = int(math.floor((sx.start + px) * scale)), int(math.floor((sy.start + py) * scale))
-            rx1, ry1 = int(math.ceil((sx.stop + px) * scale)), int(math.ceil((sy.stop + py) * scale))
-            tr = time.perf_counter()
-            win = read_at(reader, ref, (ox, oy, rx1, ry1), plan.background)
-            read_s += time.perf_counter() - tr
-            seg = segment_wbcs(win, ref.mpp, job.params)
-            refined += 1
+    # A window is its nuclei grown by more than a WBC radius: one that misses the core holds no owned cell.
+    todo = [(k, sy, sx) for k, (sy, sx) in enumerate(slices, start=1)
+            if not (sx.stop <= cx0 or sx.start >= cx1 or sy.stop <= cy0 or sy.start >= cy1)]
+    settled: list[tuple[int, object, object, int, int]] = []  # (window, segmentation, resolution, x, y offsets)
+    refine = todo
+    if not plan.refine_all and det.ds != ref.ds:
+        lone = [w for w in todo if groups[w[0]] == 1]
+        refine = [w for w in todo if groups[w[0]] != 1]
+        for (k, sy, sx), seg in zip(lone, segment_fields([rgb[sy, sx] for _, sy, sx in lone], det.mpp, job.params)):
+            if coarse_is_enough(seg, candidates[sy, sx] & (windows[sy, sx] == k), det.mpp):
+                settled.append((k, seg, det, sx.start + px, sy.start + py))
+            else:
+                refine.append((k, sy, sx))
+        refine.sort(key=lambda w: w[0])
+    boxes, fine = [], []
+    for k, sy, sx in refine:
+        # window box in refinement px (slide frame)
+        ox, oy = int(math.floor((sx.start + px) * scale)), int(math.floor((sy.start + py) * scale))
+        rx1, ry1 = int(math.ceil((sx.stop + px) * scale)), int(math.ceil((sy.stop + py) * scale))
+        tr = time.perf_counter()
+        fine.append(read_at(reader, ref, (ox, oy, rx1, ry1), plan.background))
+        read_s += time.perf_counter() - tr
+        boxes.append((ox, oy))
+    for (k, _, _), (ox, oy), seg in zip(refine, boxes, segment_fields(fine, ref.mpp, job.params)):
+        settled.append((k, seg, ref, ox, oy))
+
+    found: list[tuple[float, float, Detection]] = []
+    for k, seg, res, ox, oy in settled:
         for cell in seg.cells:
             x0, y0 = res.to_level0(cell.x + ox, cell.y + oy)
             dx, dy = det.from_level0(x0, y0)
@@ -249,7 +257,7 @@ def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResu
     for i in range(len(images)):
         images[i] = read_crop(reader, plan.crop, cells[i].x, cells[i].y, plan.background)
     t3 = time.perf_counter()
-    return TileResult(index=tile.index, cells=cells, crops=images, windows=len(slices), refined=refined,
+    return TileResult(index=tile.index, cells=cells, crops=images, windows=len(slices), refined=len(refine),
                       seconds={"read": read_s, "detect": (t2 - t1) - (read_s - (t1 - t0)), "crop": t3 - t2})
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -102,9 +103,77 @@ def segment_wbcs(rgb: np.ndarray, mpp: float, params: SegmentParams | None = Non
     (int32 at the input resolution, ids 1..n ordered by centroid row then column) and a
     :class:`Cell` per id. Raises ValueError for a bad ``mpp`` or image shape.
     """
+    return segment_fields([rgb], mpp, params)[0]
+
+
+def segment_fields(fields: Sequence[np.ndarray], mpp: float, params: SegmentParams | None = None) -> list[Segmentation]:
+    """:func:`segment_wbcs` of several RGB fields at the same ``mpp``, in one batch: the same results.
+
+    Each field keeps its own background, thresholds and candidate windows. The windows of all the
+    fields are then segmented together: packed side by side with glass between them, wider than
+    any step can see across, and run through the steps once, so a batch costs a fixed number of
+    array operations instead of that many per window (the slide scan segments the dozens of small
+    windows of a tile this way; Python overhead per window is what limits it, and it holds the GIL).
+    """
     params = params or SegmentParams()
     if isinstance(mpp, bool) or not isinstance(mpp, (int, float)) or not math.isfinite(mpp) or mpp <= 0:
         raise ValueError(f"mpp must be a positive number of micrometres per pixel, got {mpp!r}")
+    work = [_prepare_field(rgb, float(mpp), params) for rgb in fields]
+    items = [(f, sl) for f in work for sl in f.windows]
+    if items:
+        work_mpp = work[0].work_mpp
+        reach_px = int(math.ceil(params.cytoplasm_max_um / work_mpp)) + 1
+        batch: list[_Window] = []
+        area = 0
+        for f, sl in items:
+            core = _core(f, sl, reach_px + 1)
+            if core is None:  # a cell may reach the field's edge: segment the window as it is
+                _segment_windows([(f, sl, sl)], work_mpp, params, guard=0)
+                continue
+            batch.append((f, core, sl))
+            area += f.window_area(core)
+            if area >= _BATCH_MAX_PX:
+                _segment_windows(batch, work_mpp, params, guard=1)
+                batch, area = [], 0
+        if batch:
+            _segment_windows(batch, work_mpp, params, guard=1)
+    return [_finalise(f.labels, f.nuclei, f.found, f.rgb, f.tables, f.factor, f.result) if f.found else f.result
+            for f in work]
+
+
+#: Largest batch of windows segmented at once (working-resolution pixels), so memory stays bounded.
+_BATCH_MAX_PX = 1 << 22
+
+
+@dataclass(eq=False)
+class _FieldWork:
+    """One field on its way through :func:`segment_fields`: what its windows need, and its cells so far."""
+
+    rgb: np.ndarray
+    result: Segmentation
+    factor: int = 1
+    work_mpp: float = 0.0
+    work_rgb: np.ndarray | None = None
+    tables: np.ndarray | None = None
+    nuc_od: np.ndarray | None = None
+    candidates: np.ndarray | None = None
+    stained_od: float = 0.0
+    windows: list[tuple[slice, slice]] = field(default_factory=list)
+    labels: np.ndarray | None = None  # working resolution
+    nuclei: np.ndarray | None = None
+    found: dict[int, _Found] = field(default_factory=dict)
+
+    @staticmethod
+    def window_area(sl: tuple[slice, slice]) -> int:
+        return (sl[0].stop - sl[0].start) * (sl[1].stop - sl[1].start)
+
+
+#: A window to segment: its field, the part of it to segment (its core) and the whole window.
+_Window = tuple[_FieldWork, tuple[slice, slice], tuple[slice, slice]]
+
+
+def _prepare_field(rgb: np.ndarray, mpp: float, params: SegmentParams) -> _FieldWork:
+    """Validate a field, deconvolve its stains and find its candidate windows (none: nothing to segment)."""
     rgb = as_rgb_uint8(rgb)
     height, width = rgb.shape[:2]
     bg = np.asarray(params.background_rgb if params.background_rgb is not None else estimate_background(rgb),
@@ -113,38 +182,51 @@ def segment_wbcs(rgb: np.ndarray, mpp: float, params: SegmentParams | None = Non
         labels=np.zeros((height, width), np.int32), nuclei=np.zeros((height, width), np.int32),
         mpp=float(mpp), threshold=params.nucleus_od_max, background=(float(bg[0]), float(bg[1]), float(bg[2])),
     )
+    fw = _FieldWork(rgb=rgb, result=result)
     if height == 0 or width == 0:
-        return result
+        return fw
 
     factor = max(1, int(math.floor(params.work_mpp / mpp + 1e-6)))
-    work_mpp = mpp * factor
-    work_rgb = _block_mean_rgb(rgb, factor) if factor > 1 else rgb
-    tables = density_tables(bg, params)
-    nuc_od = apply_table(tables[0], work_rgb)
+    fw.factor, fw.work_mpp = factor, mpp * factor
+    fw.work_rgb = work_rgb = _block_mean_rgb(rgb, factor) if factor > 1 else rgb
+    fw.tables = tables = density_tables(bg, params)
+    fw.nuc_od = nuc_od = apply_table(tables[0], work_rgb)
 
     # Cheap gate: no chromatin-dark pixel at all -> no WBC.
     if float(nuc_od.max()) < params.nucleus_core_od:
-        return result
+        return fw
     threshold = _nucleus_threshold(nuc_od, params)
     result.threshold = threshold
-    candidates = _hysteresis(nuc_od, threshold, max(threshold, params.nucleus_core_od))
+    fw.candidates = candidates = _hysteresis(nuc_od, threshold, max(threshold, params.nucleus_core_od))
     if not candidates.any():
-        return result
+        return fw
+    margin = int(math.ceil((params.cytoplasm_max_um + params.lobe_gap_um) / fw.work_mpp)) + 3
+    min_px = params.nucleus_area_min_um2 / (fw.work_mpp * fw.work_mpp)
+    # not enough chromatin in a window for even one nucleus: nothing to do there
+    fw.windows = [sl for sl in _candidate_windows(candidates, margin) if candidates[sl].sum() >= min_px]
+    if fw.windows:
+        fw.stained_od = _stained_threshold(apply_table(tables[2], work_rgb[::4, ::4]), params)
+        fw.labels = np.zeros(nuc_od.shape, np.int32)
+        fw.nuclei = np.zeros(nuc_od.shape, np.int32)
+    return fw
 
-    work_labels = np.zeros(nuc_od.shape, np.int32)
-    work_nuclei = np.zeros(nuc_od.shape, np.int32)
-    found: dict[int, _Found] = {}
-    margin = int(math.ceil((params.cytoplasm_max_um + params.lobe_gap_um) / work_mpp)) + 3
-    min_px = params.nucleus_area_min_um2 / (work_mpp * work_mpp)
-    stained_od = _stained_threshold(apply_table(tables[2], work_rgb[::4, ::4]), params)
-    for sl in _candidate_windows(candidates, margin):
-        if candidates[sl].sum() < min_px:  # not enough chromatin here for even one nucleus
-            continue
-        _segment_window(sl, candidates[sl], nuc_od[sl], work_rgb[sl], tables, stained_od, work_mpp,
-                        params, work_labels, work_nuclei, found)
-    if not found:
-        return result
-    return _finalise(work_labels, work_nuclei, found, rgb, tables, factor, result)
+
+def _core(f: _FieldWork, sl: tuple[slice, slice], margin: int) -> tuple[slice, slice] | None:
+    """The part of window ``sl`` that its steps can see: its candidates' bounding box grown by
+    ``margin`` (more than a cell's reach), or None when that leaves the window (the field's edge
+    cuts it: a cell may touch the edge there, and only the window as it is gives the same result).
+
+    Nothing beyond a cell's reach from the chromatin matters to any step (holes touching the cut
+    are open, as they were, through the glass around it), so the core segments as the window does.
+    """
+    box = _bbox(f.candidates[sl])
+    if box is None:
+        return None
+    h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
+    y0, x0, y1, x1 = box[0].start - margin, box[1].start - margin, box[0].stop + margin, box[1].stop + margin
+    if y0 < 0 or x0 < 0 or y1 > h or x1 > w:
+        return None
+    return (slice(sl[0].start + y0, sl[0].start + y1), slice(sl[1].start + x0, sl[1].start + x1))
 
 
 # --------------------------------------------------------------------------- steps
@@ -255,7 +337,8 @@ def _candidate_windows(mask: np.ndarray, margin: int) -> list[tuple[slice, slice
     return [(slice(b[0], b[2]), slice(b[1], b[3])) for b in boxes]
 
 
-def _split(shape: np.ndarray, h_px: float, flood: np.ndarray | None = None) -> np.ndarray:
+def _split(shape: np.ndarray, h_px: float, flood: np.ndarray | None = None,
+           rects: list[tuple[slice, slice]] | None = None) -> np.ndarray:
     """Split a binary mask into round objects: watershed of its distance transform from h-maxima.
 
     Markers are the h-maxima of the distance transform of ``shape`` (regional maxima of its
@@ -263,42 +346,64 @@ def _split(shape: np.ndarray, h_px: float, flood: np.ndarray | None = None) -> n
     top gives one marker): two touching round objects keep one marker each, while bumps shallower
     than ``h`` (lobes, notches) do not split. The watershed floods ``flood`` (default ``shape``);
     a component of it without a marker becomes one object.
+
+    ``rects`` (optional) are independent windows packed on one canvas: the domes do not spread
+    between them (each window's background is its own) and each is flooded on its own, so the
+    watershed's ties between equal values are broken as they would be for the window alone.
     """
     flood = shape if flood is None else flood
     out = np.zeros(flood.shape, np.int32)
     box = _bbox(flood, pad=1)
     if box is None:
         return out
+    moat = None
+    if rects is not None:
+        moat = np.ones(flood.shape, bool)
+        for r in rects:
+            moat[r] = False
+        moat = moat[box]
     # Everything happens inside the flood (and the shape within it): work on its bounding box with
     # a one-pixel frame of background, which gives the same distances, domes and basins as the
     # whole window (the frame keeps the background connected around the objects) at a fraction
     # of the cost of the reconstruction's sort.
     shape, flood = shape[box], flood[box]
     dist = ndi.distance_transform_edt(shape)
-    domes = _domes(dist, h_px)
+    domes = _domes(dist, h_px, moat)
     peaks = local_maxima(domes) & shape
     markers, n = _label(peaks)
     comp, nc = _label(flood)
     orphan = (comp > 0) & ~_lut(comp, nc, comp[markers > 0])[comp]
     if orphan.any():
         markers = np.where(orphan, comp + n, markers)
-    out[box] = watershed(-dist, markers, mask=flood)
+    if rects is None:
+        out[box] = watershed(-dist, markers, mask=flood)
+        return out
+    view = out[box]
+    for r in rects:
+        r = (slice(max(r[0].start, box[0].start) - box[0].start, min(r[0].stop, box[0].stop) - box[0].start),
+             slice(max(r[1].start, box[1].start) - box[1].start, min(r[1].stop, box[1].stop) - box[1].start))
+        if r[0].stop > r[0].start and r[1].stop > r[1].start and flood[r].any():
+            view[r] = watershed(-dist[r], markers[r], mask=flood[r])
     return out
 
 
-def _domes(dist: np.ndarray, h: float) -> np.ndarray:
+def _domes(dist: np.ndarray, h: float, moat: np.ndarray | None = None) -> np.ndarray:
     """Morphological reconstruction by dilation of ``dist - h`` under ``dist`` (3 x 3 neighbourhood).
 
     The same computation as ``skimage.morphology.reconstruction(dist - h, dist)``: scikit-image's
     own inner loop, but with one stable sort of the pixel values instead of the two quicksorts the
     public function makes (a distance map has long runs of equal values, where NumPy's quicksort is
     slow: ~4x the whole loop). Falls back to the public function if the loop is not importable.
+    Pixels of ``moat`` are set below everything (seed and mask), so nothing spreads across them.
     """
+    seed = dist - h
+    if moat is not None and moat.any():
+        seed[moat] = -h - 1.0
+        dist = np.where(moat, -h - 1.0, dist)
     if _reconstruction_loop is None:
-        return reconstruction(dist - h, dist, method="dilation")
+        return reconstruction(seed, dist, method="dilation")
     shape = dist.shape
     padded = (shape[0] + 2, shape[1] + 2)
-    seed = dist - h
     images = np.full((2, *padded), seed.min(), dtype=np.float64)
     images[0, 1:-1, 1:-1] = seed
     images[1, 1:-1, 1:-1] = dist
@@ -399,13 +504,16 @@ def _split_by_nuclei(regions: np.ndarray, chrom: np.ndarray, fused: np.ndarray, 
     labs, counts = np.unique(pairs[0], return_counts=True)
     out = regions.copy()
     next_label = int(regions.max()) + 1
+    boxes = ndi.find_objects(regions)
     for lab in labs[counts >= 2]:
-        inside = regions == lab
-        markers = np.where(inside & big[groups], groups, 0)
+        box = boxes[lab - 1]  # everything below happens inside the region
+        inside = regions[box] == lab
+        markers = np.where(inside & big[groups[box]], groups[box], 0)
         dist = ndi.distance_transform_edt(markers == 0)
         split = watershed(dist, markers, mask=inside)
+        target = out[box]
         for g in np.unique(split[split > 0]):
-            out[split == g] = next_label
+            target[split == g] = next_label
             next_label += 1
     return out
 
@@ -425,38 +533,90 @@ def _basin_owners(basins: np.ndarray, chrom_labels: np.ndarray, min_px: float) -
     return owner
 
 
-def _granule_ring(chrom: np.ndarray, region: np.ndarray, stained: np.ndarray, solid: np.ndarray,
+def _granule_ring(chrom: np.ndarray, regions: np.ndarray, label: int, box: tuple[slice, slice],
+                  bounds: tuple[slice, slice], stained: np.ndarray, solid: np.ndarray,
                   work_mpp: float, params: SegmentParams) -> bool:
-    """Whether the nucleus of ``region`` is ringed by stained pixels that are not WBC-coloured.
+    """Whether the nucleus of region ``label`` (bounding box ``box``, inside the window ``bounds``)
+    is ringed by stained pixels that are not WBC-coloured.
 
     An eosinophil's granules fill its cytoplasm with eosin-red, so the ring 0.5-2 um outside its
     nucleus is mostly stained and red; a small lymphocyte's thin blue rim is followed by glass, and
     red cells touching a cell cover only part of the ring.
     """
-    rows, cols = np.nonzero(region)
     pad = int(math.ceil(2.0 / work_mpp)) + 1
-    box = (slice(max(0, rows.min() - pad), rows.max() + pad + 1), slice(max(0, cols.min() - pad), cols.max() + pad + 1))
-    dist = ndi.distance_transform_edt(~(chrom[box] & region[box])) * work_mpp
+    ring_box = (slice(max(bounds[0].start, box[0].start - pad), min(bounds[0].stop, box[0].stop + pad)),
+                slice(max(bounds[1].start, box[1].start - pad), min(bounds[1].stop, box[1].stop + pad)))
+    dist = ndi.distance_transform_edt(~(chrom[ring_box] & (regions[ring_box] == label))) * work_mpp
     ring = (dist > 0.5) & (dist <= 2.0)
     if not ring.any():
         return False
-    red = stained[box] & ~solid[box]
+    red = stained[ring_box] & ~solid[ring_box]
     return float(red[ring].mean()) >= params.granule_ring_min
 
 
-def _segment_window(sl, candidates, nuc_od, rgb, tables, stained_od, work_mpp, params,
-                    out_labels, out_nuclei, found: dict[int, _Found]) -> None:
-    """Segment the cells of one window into ``out_labels``/``out_nuclei`` (new ids recorded in ``found``).
+def _pack(sizes: list[tuple[int, int]], guard: int) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """Top-left corners of boxes of ``sizes`` (h, w) placed in rows, ``guard`` pixels apart and from
+    the edges, and the canvas size (h, w): tallest boxes first, rows about as wide as the canvas is tall."""
+    if guard == 0 and len(sizes) == 1:
+        return [(0, 0)], sizes[0]
+    total = sum((h + guard) * (w + guard) for h, w in sizes)
+    row_width = max(max(w for _, w in sizes) + 2 * guard, int(math.sqrt(total)) + guard)
+    corners: list[tuple[int, int]] = [(0, 0)] * len(sizes)
+    y, x, row_h, width = guard, guard, 0, 0
+    for k in sorted(range(len(sizes)), key=lambda k: (-sizes[k][0], k)):
+        h, w = sizes[k]
+        if x > guard and x + w + guard > row_width:
+            y, x, row_h = y + row_h + guard, guard, 0
+        corners[k] = (y, x)
+        x += w + guard
+        row_h = max(row_h, h)
+        width = max(width, x)
+    return corners, (y + row_h + guard, width)
 
-    ``candidates``, ``nuc_od`` and ``rgb`` are the window's crops at the working resolution.
+
+def _segment_windows(items: list[_Window], work_mpp: float, params: SegmentParams, guard: int) -> None:
+    """Segment the cells of candidate windows into their fields' labels (new ids recorded in ``found``).
+
+    The windows' cores (:func:`_core`) are packed on one canvas, ``guard`` pixels apart (0: a single
+    window, on its own), and each step runs once over the canvas. Each core holds everything within
+    a cell's reach of its chromatin and the steps' results are read per core, so each window gets
+    what it would get alone.
     """
+    corners, canvas = _pack([(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start) for _, sl, _ in items], guard)
+    candidates = np.zeros(canvas, bool)
+    nuc = np.zeros(canvas, np.float32)
+    eos = np.zeros(canvas, np.float32)
+    tot = np.zeros(canvas, np.float32)
+    stained_od = np.full(canvas, np.inf, np.float32)
+    rects = []
+    sigma = 0.3 / work_mpp
+    blur_px = int(4.0 * sigma + 0.5) if sigma >= 0.5 else 0  # scipy's kernel radius (truncate=4)
+    for (f, sl, window), (y, x) in zip(items, corners):
+        rect = (slice(y, y + sl[0].stop - sl[0].start), slice(x, x + sl[1].stop - sl[1].start))
+        rects.append(rect)
+        # blurred as in the whole window (its edges reflect): from the core grown by the kernel's radius
+        src = (slice(max(window[0].start, sl[0].start - blur_px), min(window[0].stop, sl[0].stop + blur_px)),
+               slice(max(window[1].start, sl[1].start - blur_px), min(window[1].stop, sl[1].stop + blur_px)))
+        rgb = f.work_rgb[src]
+        n, e, t = f.nuc_od[src], apply_table(f.tables[1], rgb), apply_table(f.tables[2], rgb)
+        if blur_px:
+            n, e, t = (ndi.gaussian_filter(a, sigma) for a in (n, e, t))
+        inner = (slice(sl[0].start - src[0].start, sl[0].stop - src[0].start),
+                 slice(sl[1].start - src[1].start, sl[1].stop - src[1].start))
+        n, e, t = n[inner], e[inner], t[inner]
+        candidates[rect] = f.candidates[sl]
+        nuc[rect], eos[rect], tot[rect] = n, e, t
+        stained_od[rect] = f.stained_od
+    if len(items) == 1:
+        owner_of = np.zeros(canvas, np.int32)
+    else:
+        owner_of = np.full(canvas, -1, np.int32)
+        for i, rect in enumerate(rects):
+            owner_of[rect] = i
+
     chrom = _chromatin_mask(candidates, work_mpp, params)
     if not chrom.any():
         return
-    nuc, eos, tot = nuc_od, apply_table(tables[1], rgb), apply_table(tables[2], rgb)
-    sigma = 0.3 / work_mpp
-    if sigma >= 0.5:
-        nuc, eos, tot = (ndi.gaussian_filter(a, sigma) for a in (nuc, eos, tot))
     # WBC cytoplasm is stained and bluish-lilac: a large share of its stain is the nucleus stain,
     # whereas red cells (and glass noise) are almost pure eosin.
     share = nuc / np.maximum(np.abs(nuc) + np.abs(eos), 1e-3)
@@ -471,7 +631,7 @@ def _segment_window(sl, candidates, nuc_od, rgb, tables, stained_od, work_mpp, p
     comp, nc = _label(flood)
     keep = _lut(comp, nc, comp[chrom])[comp]
     h_px = params.split_h_um / work_mpp
-    regions = _split(shape & keep, h_px, flood & keep)
+    regions = _split(shape & keep, h_px, flood & keep, rects=None if len(items) == 1 else rects)
     regions = _merge_by_chromatin(regions, chrom, work_mpp, params)
     if params.lobe_gap_um / work_mpp < 2.0:
         # Too coarse to see a lobe gap (it spans under two pixels): touching nuclei blur together
@@ -483,42 +643,60 @@ def _segment_window(sl, candidates, nuc_od, rgb, tables, stained_od, work_mpp, p
     regions = _split_by_nuclei(regions, chrom & groups, groups, params.nucleus_area_min_um2 / (work_mpp * work_mpp))
 
     px_area = work_mpp * work_mpp
-    h, w = out_labels.shape
     solid = chrom | cyto
     smooth = _disk(params.cell_open_um / work_mpp)
     stained_mask = tot > stained_od
-    by_basin: np.ndarray | None = None  # computed once, only if some cell needs it
+    basins_of: dict[int, np.ndarray] = {}  # per window, only if some cell needs them
+
+    def window_basins(i: int) -> np.ndarray:
+        """Over window i's core: the cell owning each stained object (watershed of the stained mask).
+
+        Red cells reach beyond the core, so the stained mask's holes are filled over the whole window.
+        """
+        f, core, window = items[i]
+        rect = rects[i]
+        inner = (slice(core[0].start - window[0].start, core[0].stop - window[0].start),
+                 slice(core[1].start - window[1].start, core[1].stop - window[1].start))
+        t = apply_table(f.tables[2], f.work_rgb[window])
+        if blur_px:
+            t = ndi.gaussian_filter(t, sigma)
+        mask = t > f.stained_od
+        mask[inner] |= chrom[rect]
+        stained = _fill_holes(mask)[inner] & reach[rect]
+        basins = _split(stained, h_px)
+        owner = _basin_owners(basins, np.where(chrom[rect], regions[rect], 0), params.nucleus_area_min_um2 * 0.5 / px_area)
+        return owner[basins]
     for label, box in enumerate(ndi.find_objects(regions), start=1):
         if box is None:
             continue
         r0, r1, c0, c1 = box[0].start, box[0].stop, box[1].start, box[1].stop
+        i = int(owner_of[r0, c0])
+        f, sl, _ = items[i]
+        rect = rects[i]
         inside = regions[box] == label
-        nuc_area = float((chrom[r0:r1, c0:c1] & inside).sum()) * px_area
+        nuc_area = float((chrom[box] & inside).sum()) * px_area
         if not (params.nucleus_area_min_um2 <= nuc_area <= params.nucleus_area_max_um2):
             continue
-        colour_area = float((inside & solid[r0:r1, c0:c1]).sum()) * px_area
+        colour_area = float((inside & solid[box]).sum()) * px_area
         grown = False
         if colour_area < params.cytoplasm_min_ratio * nuc_area and _granule_ring(
-                chrom, regions == label, stained_mask, solid, work_mpp, params):
+                chrom, regions, label, box, rect, stained_mask, solid, work_mpp, params):
             # No cytoplasm by colour but a ring of red granules around the nucleus (an eosinophil):
             # take the stained objects (watershed of the stained mask's distance transform) in which
             # this cell holds most of the chromatin.
-            if by_basin is None:
-                stained = _fill_holes(stained_mask | chrom) & reach
-                basins = _split(stained, h_px)
-                owner = _basin_owners(basins, np.where(chrom, regions, 0), params.nucleus_area_min_um2 * 0.5 / px_area)
-                by_basin = owner[basins]
-            mine = by_basin == label
-            if mine.any():
+            if i not in basins_of:
+                basins_of[i] = window_basins(i)
+            rows, cols = np.nonzero(basins_of[i] == label)
+            if rows.size:
                 grown = True
-                rows, cols = np.nonzero(mine)
-                r0, c0 = min(r0, int(rows.min())), min(c0, int(cols.min()))
-                r1, c1 = max(r1, int(rows.max()) + 1), max(c1, int(cols.max()) + 1)
+                r0, c0 = min(r0, rect[0].start + int(rows.min())), min(c0, rect[1].start + int(cols.min()))
+                r1, c1 = max(r1, rect[0].start + int(rows.max()) + 1), max(c1, rect[1].start + int(cols.max()) + 1)
         inside = regions[r0:r1, c0:c1] == label
         nuc_mask = chrom[r0:r1, c0:c1] & inside
         cell = inside & solid[r0:r1, c0:c1]
         if grown:
-            cell |= (by_basin[r0:r1, c0:c1] == label) & (inside | (regions[r0:r1, c0:c1] == 0))
+            mine = basins_of[i][r0 - rect[0].start:r1 - rect[0].start, c0 - rect[1].start:c1 - rect[1].start] == label
+            cell |= mine & (inside | (regions[r0:r1, c0:c1] == 0))
         cell_mask = _fill_holes(cell)
         if smooth is not None:  # cut thin cytoplasm-coloured spurs along red-cell rims
             pad = smooth.shape[0]
@@ -531,7 +709,8 @@ def _segment_window(sl, candidates, nuc_od, rgb, tables, stained_od, work_mpp, p
         cell_area = float(cell_mask.sum()) * px_area
         if not (params.cell_area_min_um2 <= cell_area <= params.cell_area_max_um2):
             continue
-        gr0, gc0 = sl[0].start + r0, sl[1].start + c0
+        h, w = f.labels.shape
+        gr0, gc0 = sl[0].start + r0 - rect[0].start, sl[1].start + c0 - rect[1].start
         gr1, gc1 = gr0 + (r1 - r0), gc0 + (c1 - c0)
         border = gr0 == 0 or gc0 == 0 or gr1 >= h or gc1 >= w
         solidity, eccentricity = _shape_stats(cell_mask)
@@ -539,15 +718,15 @@ def _segment_window(sl, candidates, nuc_od, rgb, tables, stained_od, work_mpp, p
         # has the uncertain outline of whatever touches it, and a cut cell is not round.
         if not border and not grown and (solidity < params.min_solidity or eccentricity > params.max_eccentricity):
             continue
-        target = out_labels[gr0:gr1, gc0:gc1]
+        target = f.labels[gr0:gr1, gc0:gc1]
         free = cell_mask & (target == 0)  # a filled hole may hold an earlier cell: never overwrite it
         nuc_mask &= free
         if not nuc_mask.any():
             continue
-        cell_id = len(found) + 1
+        cell_id = len(f.found) + 1
         target[free] = cell_id
-        out_nuclei[gr0:gr1, gc0:gc1][nuc_mask] = cell_id
-        found[cell_id] = _Found(n_lobes=int(_label(nuc_mask)[1]), solidity=solidity, eccentricity=eccentricity)
+        f.nuclei[gr0:gr1, gc0:gc1][nuc_mask] = cell_id
+        f.found[cell_id] = _Found(n_lobes=int(_label(nuc_mask)[1]), solidity=solidity, eccentricity=eccentricity)
 
 
 def _shape_stats(mask: np.ndarray) -> tuple[float, float]:
