@@ -154,3 +154,19 @@ def test_store_lines_are_json_in_tile_order(tmp_path):
     store.close()
     lines = store.tiles_path.read_text().splitlines()
     assert [json.loads(line)["t"] for line in lines] == [2, 7, 9]
+
+
+@pytest.mark.parametrize("radius", [1, 4, 10])
+@pytest.mark.parametrize("density", [0.0, 0.002, 0.05, 0.5])
+def test_dilate_square_equals_a_square_maximum_filter(radius, density):
+    from scipy import ndimage as ndi
+
+    from wbc_deploy.pipeline.detect import dilate_square
+
+    rng = np.random.default_rng(radius * 100 + int(density * 1000))
+    mask = rng.random((203, 317)) < density
+    mask[0, 5] = mask[-1, -1] = True  # pixels on the border dilate only inwards
+    expected = ndi.maximum_filter(mask.view(np.uint8), size=2 * radius + 1, mode="constant").astype(bool)
+    got = dilate_square(mask, radius)
+    assert got.dtype == bool and got.shape == mask.shape
+    assert np.array_equal(got, expected)

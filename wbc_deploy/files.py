@@ -12,3 +12,17 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def output_folder(path: str | Path) -> Path:
+    """Create the ``--out`` folder (and its parents) and return it; WbcError (one line) if it cannot be used."""
+    from .errors import WbcError
+
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise WbcError(f"--out {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WbcError(f"cannot create the --out folder {out}: {exc.strerror or exc}") from None
+    return out

@@ -16,6 +16,7 @@ from PIL import Image
 
 from ..card import ModelCard
 from ..errors import WbcError
+from ..files import output_folder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 #: Model files Grad-CAM cannot use: they hold no gradients / no PyTorch graph.
@@ -152,10 +153,7 @@ def explain_images(
         raise WbcError("--device cuda was requested but no CUDA GPU is available (use --device cpu)")
     model = model.to(device)
     cam = GradCAM(model, layer, input_size=int(card.input_size))
-    out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise WbcError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out_dir)
     paths = [Path(p) for p in images]
     stems = unique_stems(paths)
     summary = ExplainSummary(out, cam.layer)

@@ -21,6 +21,7 @@ from rich.progress import TextColumn
 from .. import __version__
 from ..console import make_progress, warn
 from ..errors import WbcError
+from ..files import output_folder
 from ..segment import SegmentParams
 from .detect import job_without_tiles, process_scan, scan_tile
 from .engine import StreamStats, stream_slide
@@ -291,13 +292,7 @@ def count_slides(inputs, model: str | Path, out_dir: str | Path, options: CountO
         backend = open_run_backend(model, options)
     try:
         paths = discover_inputs(inputs)
-        out = Path(out_dir)
-        if out.exists() and not out.is_dir():
-            raise WbcError(f"--out {out} exists and is not a folder")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise WbcError(f"cannot create --out folder {out}: {exc.strerror or exc}") from None
+        out = output_folder(out_dir)
         classes = list(backend.card.classes)
         summary_path = out / SUMMARY_NAME
         previous = _previous_rows(summary_path) if options.resume else {}

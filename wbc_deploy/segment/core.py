@@ -428,7 +428,10 @@ def _domes(dist: np.ndarray, h: float, moat: np.ndarray | None = None) -> np.nda
     stride = padded[1]
     strides = np.array([-stride - 1, -stride, -stride + 1, -1, 1, stride - 1, stride, stride + 1], itype)
     ranks = ranks.astype(np.dtype(itype.char.upper()), copy=False)
-    _reconstruction_loop(ranks, prev, nxt, strides, order[0], padded[0] * padded[1])
+    try:
+        _reconstruction_loop(ranks, prev, nxt, strides, order[0], padded[0] * padded[1])
+    except (TypeError, ValueError):  # pragma: no cover - a scikit-image whose private loop changed signature
+        return reconstruction(seed, dist, method="dilation")
     return values[ranks[: padded[0] * padded[1]]].reshape(padded)[1:-1, 1:-1]
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import WbcError
+from ..files import output_folder
 from .core import Segmentation, segment_wbcs
 from .params import SegmentParams
 from .scale import estimate_mpp
@@ -191,14 +192,7 @@ def prepare_output(out_dir: str | Path, mpp: float | None = None) -> Path:
     """Check the options of a run and create the output folder; WbcError (one line) if unusable."""
     if mpp is not None and (isinstance(mpp, bool) or not isinstance(mpp, (int, float)) or not np.isfinite(mpp) or mpp <= 0):
         raise WbcError(f"--mpp must be a positive number of microns per pixel, got {mpp!r}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise WbcError(f"--out {out} exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise WbcError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
-    return out
+    return output_folder(out_dir)
 
 
 def segment_files(inputs: Iterable[str | Path], out_dir: str | Path, mpp: float | None = None,
