@@ -273,7 +273,10 @@ def test_a_corrupt_slide_in_the_middle_fails_alone(data, field_png, capsys):
     rows = read_rows(out / "summary.csv")
     assert [(r["slide"], r["status"]) for r in rows] == [("a_good", "ok"), ("b_truncated", "error"), ("c_garbage", "error"), ("d_good", "ok")]
     assert "truncated" in rows[1]["error"] and rows[2]["error"]
-    assert "\n" not in rows[1]["error"] and "Traceback" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "\n" not in rows[1]["error"] and "Traceback" not in err
+    failed = [line for line in err.splitlines() if line.startswith("error:")]  # --quiet still names each failure
+    assert [line.split(":")[1].strip() for line in failed] == ["b_truncated", "c_garbage"]
     assert (out / "a_good.cells.csv").read_bytes() == (out / "d_good.cells.csv").read_bytes()
     assert not (out / "b_truncated.cells.csv").exists()
 

@@ -35,7 +35,7 @@ def count_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables (summary.csv is still written)."),
 ) -> None:
     """Count the white blood cells of slides into a differential (per-cell and per-slide CSVs)."""
-    from ..console import console
+    from ..console import console, err_console
     from ..pipeline import CountOptions, count_slides
     from ..pipeline.options import default_workers
 
@@ -47,6 +47,9 @@ def count_command(
     run = count_slides(inputs, model, out, options)
     if not quiet:
         print_run(run, console)
+    for r in run.slides:  # failures reach stderr even with --quiet: scripts see why the exit code is not 0
+        if r.error:
+            err_console.print(f"[red]error:[/red] {r.slide}: {r.error}", highlight=False, soft_wrap=True)
     if run.exit_code:
         raise typer.Exit(code=run.exit_code)
 
@@ -79,9 +82,6 @@ def print_run(run, console) -> None:
             (f"{r.mpp:.3f}" + ("*" if r.mpp_source == "estimated" else "")) if r.mpp else "",
         )
     console.print(table)
-    for r in run.slides:
-        if r.error:
-            console.print(f"[red]{r.slide}[/red]: {r.error}", highlight=False)
     if any(r.mpp_source == "estimated" for r in run.slides):
         console.print("* microns per pixel estimated from red cells", highlight=False)
     for r in run.slides:
