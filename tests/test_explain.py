@@ -190,8 +190,9 @@ def test_cli_explains_a_checkpoint_and_reports_bad_images(explain_run, tmp_path,
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     out = tmp_path / "out"
     code, stdout, err = _run_cli(["explain", explain_run / "model.safetensors", src, "--out", out, "--target", "eosinophil", "-q"], capsys)
-    assert code == 2
+    assert code == 3  # some images failed, the others were written (as count and segment)
     assert "1 of 3 image(s) could not be explained" in err and "Traceback" not in err
+    assert "skipped: cannot read image" in err and "broken.png" in err
     assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
     assert sorted(p.name for p in out.iterdir()) == ["a.cam.npy", "a.overlay.png", "b.cam.npy", "b.overlay.png", "explain.csv"]
     with open(out / "explain.csv") as fh:
@@ -200,6 +201,8 @@ def test_cli_explains_a_checkpoint_and_reports_bad_images(explain_run, tmp_path,
     code, stdout, err = _run_cli(["explain", explain_run, src / "a.png", "--out", tmp_path / "o2", "-q"], capsys)
     assert code == 0, err
     assert "wrote 1 heatmap(s)" in stdout
+    code, stdout, err = _run_cli(["explain", explain_run, src / "broken.png", "--out", tmp_path / "o3", "-q"], capsys)
+    assert code == 2 and "1 of 1 image(s) could not be explained" in err  # nothing written: a plain error
     # --out inside the input folder: a rerun does not explain its own overlays.
     (src / "broken.png").unlink()
     for _ in range(2):

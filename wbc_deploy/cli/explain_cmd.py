@@ -21,7 +21,7 @@ def explain_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Grad-CAM heatmaps (.npy, 0..1, at each image's size) and overlay PNGs for cell images."""
-    from ..console import console, make_progress, warn
+    from ..console import console, err_console, make_progress, warn
     from ..errors import WbcError
     from ..explain.run import collect_images, explain_images, load_explainable
 
@@ -33,14 +33,18 @@ def explain_command(
         summary = explain_images(
             net, card, paths, out, layer=layer, target=target, batch_size=batch_size, device=device,
             on_progress=lambda done, total: progress.update(task, completed=done),
-            on_skip=lambda p, reason: warn(f"skipped {reason}"),
+            on_skip=lambda p, reason: warn(f"skipped: {reason}"),
         )
     empty = sum(r.empty for r in summary.results)
     if empty:
         warn(f"{empty} heatmap(s) are zero everywhere: nothing at layer {summary.layer!r} supports the target class")
     console.print(f"wrote {len(summary.results)} heatmap(s) and overlay(s) to {summary.out_dir} "
                   f"(layer {summary.layer!r}, target {target}); table: {summary.csv_path}", highlight=False, soft_wrap=True)
-    if summary.failed:
+    if summary.failed:  # each was warned about as it was skipped
         first, reason = summary.failed[0]
-        raise WbcError(f"{len(summary.failed)} of {len(paths)} image(s) could not be explained (first: {reason}); "
-                       f"the other {len(summary.results)} were written to {summary.out_dir}")
+        message = f"{len(summary.failed)} of {len(paths)} image(s) could not be explained (first: {reason})"
+        if not summary.results:
+            raise WbcError(message)
+        err_console.print(f"[red]error:[/red] {message}; the other {len(summary.results)} were written to {summary.out_dir}",
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(code=3)  # as count and segment: some inputs failed, the others were written
