@@ -217,6 +217,18 @@ def test_resume_after_an_interruption_gives_the_same_cells(data, counted):
     assert seen == [] and run.slides[0].status == "ok" and run.slides[0].n_wbc == counted["run"].slides[0].n_wbc
     assert read_rows(out / "summary.csv") == before  # a finished slide keeps its row as it was
 
+    # a finished slide is never silently kept when the model or the options differ
+    from wbc_deploy.files import sha256_file
+
+    assert before[0]["model_sha256"] == sha256_file(data["model"]) and len(before[0]["settings_sha256"]) == 64
+    with pytest.raises(WbcError, match="smear was already counted with other options"):
+        count_slides([data["slide"]], data["model"], out, opts(resume=True, batch_size=8))
+    text = (out / "summary.csv").read_text()
+    (out / "summary.csv").write_text(text.replace(before[0]["model_sha256"], "0" * 64))  # as if another model made it
+    with pytest.raises(WbcError, match="smear was already counted with another model"):
+        count_slides([data["slide"]], data["model"], out, opts(resume=True, batch_size=4))
+    assert (out / "smear.cells.csv").read_bytes() == counted["cells"].read_bytes()  # refused before writing anything
+
 
 # --------------------------------------------------------------------------- plain images, bad input
 

@@ -17,7 +17,7 @@ def synth_cells_command(
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives identical files."),
     fov_um: float = typer.Option(DEFAULT_FOV_UM, "--fov-um", help="Field of view of each image, micrometres."),
     classes: str = typer.Option("", "--classes", help="Comma-separated subset of classes (default: all five)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Write labelled synthetic WBC images, one folder per class (a class-per-folder data set)."""
     from ..classes import CLASSES
@@ -42,7 +42,7 @@ def synth_slide_command(
     cells: int = typer.Option(200, "--cells", help="Number of WBCs."),
     mpp: float = typer.Option(0.25, "--mpp", help="Microns per level-0 pixel."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives byte-identical files."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Write a synthetic tiled pyramidal smear slide and its truth file OUT.truth.csv (x,y,label)."""
     from collections import Counter

@@ -17,7 +17,8 @@ SUMMARY_NAME = "summary.csv"
 REQUIRED_SUMMARY = ("slide", "status", "error", "n_wbc")
 SUMMARY_TAIL = ("mean_confidence", "seconds", "backend")
 #: Extra summary columns after the required ones.
-SUMMARY_EXTRAS = ("mpp", "mpp_source", "tiles_total", "tiles_scanned", "truth_n", "detection_recall", "detection_precision")
+SUMMARY_EXTRAS = ("mpp", "mpp_source", "tiles_total", "tiles_scanned", "truth_n", "detection_recall", "detection_precision",
+                  "model_sha256", "settings_sha256")
 
 
 def cells_header(classes: list[str]) -> list[str]:
@@ -115,6 +116,7 @@ def summary_row(r: SlideResult, classes: list[str]) -> list[str]:
         _fmt(r.mean_confidence, 4) if ok else "", f"{r.seconds:.2f}" if r.seconds else "", r.backend,
         _fmt(r.mpp, 4), r.mpp_source, str(r.tiles_total) if r.tiles_total else "", str(r.tiles_scanned) if r.tiles_total else "",
         str(t.n_truth) if t else "", _fmt(t.recall, 4) if t else "", _fmt(t.precision, 4) if t else "",
+        r.model_sha256, r.settings_sha256,
     ]
 
 

@@ -71,6 +71,9 @@ class SlideResult:
     refined: int = 0
     truth: TruthComparison | None = None
     outputs: dict[str, Path] = field(default_factory=dict)
+    #: provenance: SHA-256 of the model file(s) and a hash of the options that change the cells
+    model_sha256: str = ""
+    settings_sha256: str = ""
     #: a finished slide skipped by --resume: its summary.csv row from the earlier run, re-emitted as it was
     previous_row: dict[str, str] | None = None
 

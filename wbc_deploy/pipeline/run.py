@@ -32,7 +32,7 @@ from .outputs import SUMMARY_NAME, label_of, write_cells_csv, write_geojson, wri
 from .plan import ScanPlan, plan_scan, thumbnail_size, tissue_mask
 from .result import STATUS_ERROR, STATUS_INTERRUPTED, STATUS_OK, STATUS_PENDING, RunResult, SlideResult
 from .scale import resolve_mpp, thumbnail
-from .store import ProgressStore, file_sha256, slide_identity
+from .store import ProgressStore, file_sha256, settings_hash, slide_identity
 from .truth import compare_with_truth, truth_path_for
 
 
@@ -258,6 +258,18 @@ def check_resumable(names: list[str], out: Path, model_sha: str, options: CountO
             )
 
 
+def check_finished_matches(name: str, row: dict[str, str], model_sha: str, settings_sha: str) -> None:
+    """Refuse (WbcError, before anything is written) to keep a finished slide counted with another model or options."""
+    checks = (("another model", "model_sha256", model_sha), ("other options", "settings_sha256", settings_sha))
+    differs = [(what, key) for what, key, now in checks if row.get(key, "") != now]
+    if differs:
+        raise WbcError(
+            f"cannot resume: {name} was already counted with {' and '.join(w for w, _ in differs)} "
+            f"({', '.join(k for _, k in differs)} in summary.csv); "
+            "rerun with the same --model and options, or without --resume to count every slide again"
+        )
+
+
 def open_run_backend(model: str | Path, options: CountOptions):
     """Load the model (WbcError, nothing written, if it is missing or not a wbc-deploy model)."""
     from ..runtime import open_backend
@@ -296,11 +308,13 @@ def count_slides(inputs, model: str | Path, out_dir: str | Path, options: CountO
         classes = list(backend.card.classes)
         summary_path = out / SUMMARY_NAME
         previous = _previous_rows(summary_path) if options.resume else {}
+        model_sha = file_sha256(Path(model)) if Path(model).exists() else str(model)
+        settings_sha = settings_hash(options.result_settings())
         results: list[SlideResult] = []
         names: dict[str, Path] = {}
         for p in paths:
             name = slide_name(p)
-            r = SlideResult(slide=name, path=p)
+            r = SlideResult(slide=name, path=p, model_sha256=model_sha, settings_sha256=settings_sha)
             if name in names:
                 r.status, r.error = STATUS_ERROR, f"another input ({names[name]}) has the same name {name!r}: outputs would collide; rename one"
             else:
@@ -308,10 +322,10 @@ def count_slides(inputs, model: str | Path, out_dir: str | Path, options: CountO
                 prev = previous.get(name)
                 if (prev and prev.get("status") == STATUS_OK and (out / f"{name}.cells.csv").is_file()
                         and not ProgressStore(out, name).exists()):
+                    check_finished_matches(name, prev, model_sha, settings_sha)
                     r = result_from_row(prev, p, classes)
             results.append(r)
         run = RunResult(slides=results, classes=classes, out_dir=out, summary_path=summary_path, backend=backend.name)
-        model_sha = file_sha256(Path(model)) if Path(model).exists() else str(model)
         if options.resume:
             check_resumable([r.slide for r in results if r.status == STATUS_PENDING], out, model_sha, options)
         write_summary(summary_path, results, classes)
