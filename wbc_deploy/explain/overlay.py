@@ -47,7 +47,7 @@ def save_overlay(path: str | Path, image: np.ndarray, cam: np.ndarray, title: st
     blended = blend(rgb, cam, alpha, cmap)
     fig = Figure(figsize=(8.0, 4.2), dpi=dpi)
     FigureCanvasAgg(fig)
-    ax_img, ax_cam = fig.subplots(1, 2)
+    ax_img, ax_cam, cax = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.0, 1.0, 0.05], "wspace": 0.08})
     ax_img.imshow(rgb)
     ax_img.set_title("image", fontsize=9)
     ax_cam.imshow(blended)
@@ -55,9 +55,12 @@ def save_overlay(path: str | Path, image: np.ndarray, cam: np.ndarray, title: st
     for ax in (ax_img, ax_cam):
         ax.set_xticks([])
         ax.set_yticks([])
-    bar = fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=colormaps[cmap]), ax=ax_cam, fraction=0.046, pad=0.03)
-    bar.set_label("relevance (0..1)", fontsize=8)
     fig.suptitle(title, fontsize=10)
+    fig.canvas.draw()  # the images' final (aspect-kept) boxes: the colour bar takes the heatmap's height
+    box, bar_box = ax_cam.get_position(), cax.get_position()
+    cax.set_position([box.x1 + 0.015, box.y0, bar_box.width, box.height])
+    bar = fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=colormaps[cmap]), cax=cax)
+    bar.set_label("relevance (0..1)", fontsize=8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
