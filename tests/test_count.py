@@ -343,6 +343,10 @@ def test_gallery_writes_class_galleries_and_a_report(data, field_png):
     labels = {r["label"] for r in read_rows(out / "field.cells.csv")}
     assert {p.name for p in out.glob("field.gallery.*.png")} == {f"field.gallery.{c}.png" for c in labels}
     assert (out / "field.report.html").stat().st_size > 1000 and s.outputs["report"].exists()
+    from wbc_deploy.files import sha256_file
+
+    html = (out / "field.report.html").read_text()
+    assert f"<td>model_sha256</td><td>{sha256_file(data['model'])}</td>" in html  # the report names the exact model
 
 
 # --------------------------------------------------------------------------- accuracy (trained model)

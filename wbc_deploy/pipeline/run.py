@@ -196,7 +196,8 @@ def finish_outputs(path: Path, name: str, reader, plan: ScanPlan, store: Progres
             warn(f"{name}: --truth given but there is no {tp.name} beside the slide")
     if collector is not None:
         try:
-            settings = {"model": str(ctx.backend.model_path), "backend": ctx.backend.name, "mpp": result.mpp,
+            settings = {"model": str(ctx.backend.model_path), "model_sha256": ctx.model_sha256,
+                        "wbc_deploy": __version__, "backend": ctx.backend.name, "mpp": result.mpp,
                         "mpp_source": result.mpp_source, "detection_mpp": round(plan.detect.mpp, 4),
                         "refine_mpp": round(plan.refine.mpp, 4), "fov_um": plan.crop.fov_um}
             result.outputs.update(write_gallery(ctx.out_dir, name, reader, plan, collector, counts, classes, xy, labels, settings))
