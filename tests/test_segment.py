@@ -256,6 +256,60 @@ def test_estimate_mpp_declines_without_red_cells():
     assert estimate_mpp(np.full((200, 200, 3), 230, np.uint8)) is None
 
 
+def _crowded_field(mpp: float, seed: int, size_um: float = 150.0) -> np.ndarray:
+    """Red cells in chains of 2-4 (centres 5.5-6.5 um apart: each overlaps its neighbours, none is
+    isolated), slightly oval, with pallor, on a 22 um grid; one neutrophil; a random stain."""
+    from wbc_deploy.data.synth_cells import DiscSet
+
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for gy in np.arange(11.0, size_um, 22.0):
+        for gx in np.arange(11.0, size_um, 22.0):
+            x, y, t = gx + rng.uniform(-3, 3), gy + rng.uniform(-3, 3), rng.uniform(0, math.pi)
+            for _ in range(int(rng.integers(2, 5))):
+                xs.append(x)
+                ys.append(y)
+                t += rng.uniform(-0.6, 0.6)
+                step = rng.uniform(5.5, 6.5)
+                x, y = x + step * math.cos(t), y + step * math.sin(t)
+    n = len(xs)
+    r = rng.uniform(*RBC_DIAMETER_UM, n) / 2
+    aspect = np.sqrt(rng.uniform(1.0, 1.2, n))
+    angle = rng.uniform(0, math.pi, n)
+    rbcs = DiscSet(x=np.array(xs), y=np.array(ys), a=r * aspect, b=r / aspect, cos=np.cos(angle), sin=np.sin(angle),
+                   amp=rng.uniform(0.85, 1.1, n), pallor=rng.uniform(0.45, 0.75, n), pallor_r=rng.uniform(0.4, 0.6, n))
+    wbcs = [make_wbc("neutrophil", size_um / 2, size_um / 2, rng)]
+    scene = Scene(wbcs, rbcs, None, Stain.random(rng), noise_seed=int(rng.integers(2**31)))
+    side = int(round(size_um / mpp))
+    return scene.render(0.0, 0.0, side, side, mpp)
+
+
+@pytest.mark.parametrize("mpp", (0.25, 0.5))
+@pytest.mark.parametrize("seed", (1, 2))
+def test_estimate_mpp_on_crowded_fields_within_15_percent(mpp, seed):
+    from wbc_deploy.segment.scale import _isolated_diameter
+    from wbc_deploy.segment.stain import densities, estimate_background
+
+    rgb = _crowded_field(mpp, seed)
+    params = SegmentParams()
+    nuc, _eos, total = densities(rgb, estimate_background(rgb), params)
+    assert _isolated_diameter(nuc, total, params, 5) is None  # the isolated-cell method alone declines here
+    est = estimate_mpp(rgb)
+    assert est is not None
+    assert abs(est / mpp - 1) <= 0.15
+
+
+@pytest.mark.parametrize("mpp", (0.25, 0.5, 1.0))
+def test_estimate_mpp_declines_on_white_cells_without_red_cells(mpp):
+    for seed in (1, 2, 3):
+        rng = np.random.default_rng(seed)
+        wbcs = [make_wbc(CLASSES[(i + j) % 5], 15 + 30 * i + rng.uniform(-3, 3), 15 + 30 * j + rng.uniform(-3, 3), rng)
+                for i in range(5) for j in range(5)]
+        side = int(round(150 / mpp))
+        rgb = Scene(wbcs, None, None, Stain.random(rng), noise_seed=seed).render(0.0, 0.0, side, side, mpp)
+        assert estimate_mpp(rgb) is None, seed
+
+
 def test_bad_inputs_raise_clear_errors():
     rgb = np.full((32, 32, 3), 230, np.uint8)
     for bad in (0, -1.0, float("nan"), float("inf"), None, "0.25"):

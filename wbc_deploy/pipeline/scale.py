@@ -48,5 +48,5 @@ def resolve_mpp(reader, option_mpp: float | None, thumb: np.ndarray, mask: np.nd
         return float(mpp), "slide"
     est = estimate_slide_mpp(reader, thumb, mask)
     if est is None:
-        raise WbcError("the slide records no microns per pixel and too few red cells were seen to estimate it: pass --mpp")
+        raise WbcError("the slide records no microns per pixel and its red cells did not give a reliable estimate (too few measurable, or their sizes disagree): pass --mpp")
     return round(est, 4), "estimated"

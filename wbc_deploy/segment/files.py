@@ -174,8 +174,8 @@ def segment_file(path: str | Path, out_dir: str | Path, mpp: float | None = None
     else:
         est = estimate_mpp(rgb)
         if est is None:
-            raise WbcError(f"{p.name}: the file records no microns per pixel and too few separate red cells "
-                           "were seen to estimate it; pass --mpp")
+            raise WbcError(f"{p.name}: the file records no microns per pixel and its red cells did not give a reliable "
+                           "estimate (too few measurable, or their sizes disagree); pass --mpp")
         result.mpp, result.mpp_source = round(est, 4), "estimated"
     seg = segment_wbcs(rgb, result.mpp, params)
     out = prepare_output(out_dir)
