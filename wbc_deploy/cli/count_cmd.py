@@ -59,17 +59,13 @@ def print_run(run, console) -> None:
     from rich.table import Table
 
     from ..classes import SHORT
+    from ..console import per_input_table
 
     classes = run.classes
-    table = Table(title=f"WBC differential ({run.summary_path})", title_justify="left")
-    table.add_column("slide", no_wrap=True)
+    table = per_input_table(f"WBC differential ({run.summary_path})")
     table.add_column("status", no_wrap=True)
-    table.add_column("WBCs", justify="right")
-    for c in classes:
-        table.add_column(f"{SHORT.get(c, c)} %", justify="right")
-    table.add_column("mean conf", justify="right")
-    table.add_column("s", justify="right")
-    table.add_column("mpp", justify="right")
+    for header in ("WBCs", *[f"{SHORT.get(c, c)} %" for c in classes], "conf", "s", "mpp"):
+        table.add_column(header, justify="right", no_wrap=True)
     for r in run.slides:
         ok = r.status == "ok"
         pct = r.percentages(classes)

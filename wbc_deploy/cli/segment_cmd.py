@@ -28,7 +28,7 @@ def segment_command(
     """Find and delimit the white blood cells of each image: cells CSV, cell and nucleus label images."""
     from rich.table import Table
 
-    from ..console import console, err_console, make_progress
+    from ..console import console, err_console, make_progress, per_input_table
     from ..segment.files import prepare_output, segment_files
 
     inputs = list(inputs)
@@ -47,9 +47,8 @@ def segment_command(
         results = segment_files(inputs, out, mpp=mpp, on_result=on_result)
 
     if not quiet:
-        table = Table(title=f"WBC segmentation ({out})", title_justify="left")
-        for col, just in (("input", "left"), ("status", "left"), ("WBCs", "right"), ("um/px", "right"),
-                          ("size", "right"), ("s", "right")):
+        table = per_input_table(f"WBC segmentation ({out})", "input")
+        for col, just in (("status", "left"), ("WBCs", "right"), ("um/px", "right"), ("size", "right"), ("s", "right")):
             table.add_column(col, justify=just, no_wrap=True)
         for r in results:
             ok = r.status == "ok"
