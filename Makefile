@@ -15,6 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: setup
+	$(PY) -m ruff check --quiet wbc_deploy tests benchmarks
 	$(PY) -m pytest -q
 
 # The whole job on synthetic data: cells -> train -> evaluate -> export (verified ONNX) -> Grad-CAM ->

@@ -22,9 +22,8 @@ from wbc_deploy.data.synth_cells import render_cell_image, render_field
 from wbc_deploy.errors import WbcError
 from wbc_deploy.explain.gradcam import GradCAM, default_layer, resolve_target, upsample_cam
 from wbc_deploy.explain.run import collect_images, explain_images, load_explainable, unique_stems
-from wbc_deploy.model import build_from_card, card_for, create_model
+from wbc_deploy.model import build_from_card, create_model
 from wbc_deploy.preprocess import prepare_batch
-from wbc_deploy.trainer.checkpoint import save_checkpoint
 
 # Thresholds of the "heatmap on the cell" test: 20 fields of 96 px at 0.25 um/px (= the 24 um model
 # field), one WBC in the centre; the cell's truth mask dilated by 1 um covers 25% of the field on

@@ -26,7 +26,6 @@ def segment_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
 ) -> None:
     """Find and delimit the white blood cells of each image: cells CSV, cell and nucleus label images."""
-    from rich.table import Table
 
     from ..console import console, err_console, make_progress, per_input_table
     from ..segment.files import prepare_output, segment_files
