@@ -344,3 +344,15 @@ def test_dome_reconstruction_matches_scikit_image():
     low = -1.5 - 1.0
     expected_walled = reconstruction(np.where(moat, low, dist - 1.5), np.where(moat, low, dist), method="dilation")
     assert np.allclose(walled, expected_walled)
+
+
+@pytest.mark.parametrize("mpp", RESOLUTIONS)
+def test_segment_fields_batch_equals_one_field_at_a_time(fields, segmented, mpp):
+    """A batch (with an empty field first, which records no working scale) gives each field's own result."""
+    from wbc_deploy.segment import core
+
+    batch = core.segment_fields([np.zeros((0, 0, 3), np.uint8), *[f.rgb for f in fields[mpp]]], mpp)
+    assert batch[0].cells == [] and batch[0].labels.shape == (0, 0)
+    for got, alone in zip(batch[1:], segmented[mpp]):
+        assert np.array_equal(got.labels, alone.labels) and np.array_equal(got.nuclei, alone.nuclei)
+        assert got.cells == alone.cells

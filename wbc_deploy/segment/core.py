@@ -121,7 +121,7 @@ def segment_fields(fields: Sequence[np.ndarray], mpp: float, params: SegmentPara
     work = [_prepare_field(rgb, float(mpp), params) for rgb in fields]
     items = [(f, sl) for f in work for sl in f.windows]
     if items:
-        work_mpp = work[0].work_mpp
+        work_mpp = float(mpp) * _work_factor(float(mpp), params)  # the same for every field (an empty one records none)
         reach_px = int(math.ceil(params.cytoplasm_max_um / work_mpp)) + 1
         batch: list[_Window] = []
         area = 0
@@ -172,6 +172,11 @@ class _FieldWork:
 _Window = tuple[_FieldWork, tuple[slice, slice], tuple[slice, slice]]
 
 
+def _work_factor(mpp: float, params: SegmentParams) -> int:
+    """Block-averaging factor from ``mpp`` to the working resolution (``params.work_mpp``, never finer than the input)."""
+    return max(1, int(math.floor(params.work_mpp / mpp + 1e-6)))
+
+
 def _prepare_field(rgb: np.ndarray, mpp: float, params: SegmentParams) -> _FieldWork:
     """Validate a field, deconvolve its stains and find its candidate windows (none: nothing to segment)."""
     rgb = as_rgb_uint8(rgb)
@@ -186,7 +191,7 @@ def _prepare_field(rgb: np.ndarray, mpp: float, params: SegmentParams) -> _Field
     if height == 0 or width == 0:
         return fw
 
-    factor = max(1, int(math.floor(params.work_mpp / mpp + 1e-6)))
+    factor = _work_factor(mpp, params)
     fw.factor, fw.work_mpp = factor, mpp * factor
     fw.work_rgb = work_rgb = _block_mean_rgb(rgb, factor) if factor > 1 else rgb
     fw.tables = tables = density_tables(bg, params)

@@ -190,7 +190,7 @@ class Trainer:
         # Build the model before the (long) image check so missing weights fail fast; rebuilt in run()
         # only if the check removes a whole class.
         provisional = _canonical(s.label for s in index.samples if s.split in (None, "train"))
-        if len(provisional) >= 2:
+        if len(provisional) >= 2 and not resumed:  # resuming: the saved weights are loaded in run()
             self._early_model = self._build_model(provisional, None)
         with make_progress(self.quiet) as progress:
             task = progress.add_task("checking images", total=len(index.samples))
