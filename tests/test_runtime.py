@@ -49,10 +49,8 @@ def test_ort_backend_reads_the_card_and_returns_probabilities(good_onnx):
 def test_ort_backend_thread_and_optimisation_settings(good_onnx):
     crops = random_crops(4, seed=3)
     with open_backend(good_onnx, intra_op_threads=1, inter_op_threads=1, graph_optimization="disable") as plain, \
-            open_backend(good_onnx, providers="cpu", graph_optimization="all", parallel=True, inter_op_threads=2,
-                         allow_spinning=False) as tuned:
+            open_backend(good_onnx, providers="cpu", graph_optimization="all", parallel=True, inter_op_threads=2) as tuned:
         assert plain.options["intra_op_threads"] == 1 and plain.options["graph_optimization"] == "disable"
-        assert plain.options["allow_spinning"] is None and tuned.options["allow_spinning"] is False
         np.testing.assert_allclose(plain.predict_images(crops), tuned.predict_images(crops), atol=1e-6)
     with pytest.raises(WbcError, match="graph optimisation level"):
         OrtBackend(good_onnx, graph_optimization="max")

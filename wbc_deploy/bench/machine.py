@@ -20,6 +20,8 @@ means the cores run faster, and the benchmark notes the lowest clock that explai
 """
 from __future__ import annotations
 
+import functools
+
 import os
 import platform
 import re
@@ -56,6 +58,7 @@ class PeakEstimate:
         return asdict(self)
 
 
+@functools.lru_cache(maxsize=1)
 def _cpuinfo() -> dict[str, str]:
     """The first processor block of /proc/cpuinfo as a dict (empty off Linux)."""
     try:

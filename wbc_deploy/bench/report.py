@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import WbcError
+from ..files import atomic_write_text
 
 SCHEMA = "wbc-deploy/model-throughput/1"
 #: Keys every result object carries (None where a backend did not run).
@@ -112,9 +113,7 @@ def _write_atomic(path: Path, text: str) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     except OSError as exc:
         raise WbcError(f"cannot write {path}: {exc.strerror or exc}") from None
 

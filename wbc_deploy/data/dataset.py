@@ -77,11 +77,6 @@ class CellDataset(Dataset):
         warn(f"could not read {self.samples[index].path} ({exc}); using another {self.samples[index].label} image")
 
 
-def class_counts(targets: Sequence[int], num_classes: int) -> list[int]:
-    """Number of samples per class index."""
-    return np.bincount(np.asarray(targets, dtype=np.int64), minlength=num_classes).tolist()
-
-
 class BalancedSampler(Sampler[int]):
     """Oversample minority classes up to the largest class, reshuffled each epoch.
 

@@ -940,7 +940,7 @@ def render_cell_image(label: str, size_px: int, rng: np.random.Generator, fov_um
     density, "scanned" at ``scan_mpp`` (default: drawn from :data:`SCAN_MPP_RANGE`) and resized to
     ``size_px`` with the deployment resize (:func:`wbc_deploy.preprocess.resize_rgb`). The cell is
     offset up to 1.5 um from the centre (detection centroids wander that much); red cells may
-    overlap its edge; in 30% of images another WBC touches or nearly touches it (the classifier must
+    overlap its edge; in a share :data:`NEIGHBOUR_PROBABILITY` of images another WBC touches or nearly touches it (the classifier must
     learn to name the centre cell, as crops of touching pairs on slides need). Stain varies per image. Returns RGB uint8 (size, size, 3).
     """
     if size_px < 8:

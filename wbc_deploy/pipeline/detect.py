@@ -17,7 +17,7 @@ from skimage.measure import approximate_polygon, find_contours
 
 from ..preprocess import resize_rgb
 from ..segment import SegmentParams, segment_fields
-from ..segment.stain import density_tables, estimate_background
+from ..segment.stain import apply_table, density_tables, estimate_background
 from .options import COARSE_AREA_UM2, COARSE_MAX_ECCENTRICITY, COARSE_MIN_SOLIDITY, COARSE_UNEXPLAINED_UM2
 from .plan import CropGeometry, Resolution, ScanPlan, Tile
 
@@ -153,10 +153,7 @@ def candidate_windows(rgb: np.ndarray, plan: ScanPlan, params: SegmentParams
     window. Window k owns the pixels labelled k.
     """
     bg = plan.background if plan.background is not None else estimate_background(rgb)
-    table = density_tables(bg, params)[0]  # the nucleus-stain output only
-    nuc = table[0][rgb[..., 0]]
-    nuc += table[1][rgb[..., 1]]
-    nuc += table[2][rgb[..., 2]]
+    nuc = apply_table(density_tables(bg, params)[0], rgb)  # the nucleus-stain output only
     chromatin = nuc > plan.candidate_od
     empty = np.zeros(chromatin.shape, np.int32)
     if not chromatin.any():

@@ -11,7 +11,8 @@ import numpy as np
 
 from ..classes import COLOURS
 from .result import SlideResult, TruthComparison
-from .store import AtomicWriter, StoredCell, atomic_write_text
+from ..files import AtomicWriter, atomic_write_text
+from .store import StoredCell
 
 SUMMARY_NAME = "summary.csv"
 REQUIRED_SUMMARY = ("slide", "status", "error", "n_wbc")

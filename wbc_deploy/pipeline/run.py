@@ -21,7 +21,7 @@ from rich.progress import TextColumn
 from .. import __version__
 from ..console import make_progress, warn
 from ..errors import WbcError
-from ..files import output_folder
+from ..files import output_folder, sha256_file
 from ..segment import SegmentParams
 from .detect import job_without_tiles, process_scan, scan_tile
 from .engine import StreamStats, stream_slide
@@ -32,7 +32,7 @@ from .outputs import SUMMARY_NAME, label_of, write_cells_csv, write_geojson, wri
 from .plan import ScanPlan, plan_scan, thumbnail_size, tissue_mask
 from .result import STATUS_ERROR, STATUS_INTERRUPTED, STATUS_OK, STATUS_PENDING, RunResult, SlideResult
 from .scale import resolve_mpp, thumbnail
-from .store import ProgressStore, file_sha256, settings_hash, slide_identity
+from .store import ProgressStore, settings_hash, slide_identity
 from .truth import compare_with_truth, truth_path_for
 
 
@@ -309,7 +309,7 @@ def count_slides(inputs, model: str | Path, out_dir: str | Path, options: CountO
         classes = list(backend.card.classes)
         summary_path = out / SUMMARY_NAME
         previous = _previous_rows(summary_path) if options.resume else {}
-        model_sha = file_sha256(Path(model)) if Path(model).exists() else str(model)
+        model_sha = sha256_file(model) if Path(model).exists() else str(model)
         settings_sha = settings_hash(options.result_settings())
         results: list[SlideResult] = []
         names: dict[str, Path] = {}

@@ -18,63 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import WbcError
+from ..files import AtomicWriter, atomic_write_text  # noqa: F401 - re-exported: the store's writers
 
 STORE_FORMAT = 1
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, fsync, then ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-class AtomicWriter:
-    """Context manager: a text file handle on a temporary name, moved onto ``path`` only on success."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        self.fh = None
-
-    def __enter__(self):
-        self.fh = open(self.tmp, "w", encoding="utf-8", newline="")
-        return self.fh
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        assert self.fh is not None
-        try:
-            if exc_type is None:
-                self.fh.flush()
-                os.fsync(self.fh.fileno())
-            self.fh.close()
-            if exc_type is None:
-                os.replace(self.tmp, self.path)
-        finally:
-            if self.tmp.exists():
-                self.tmp.unlink()
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes, or of every file under a directory (relative names and bytes)."""
-    h = hashlib.sha256()
-    path = Path(path)
-    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-    for f in files:
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(chunk), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 def slide_identity(path: Path, sample: int = 1 << 20) -> str:

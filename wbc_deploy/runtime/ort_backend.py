@@ -110,9 +110,6 @@ class OrtBackend(Backend):
         graph_optimization: ``disable``, ``basic``, ``extended`` or ``all``.
         parallel: run independent graph branches in parallel (``ORT_PARALLEL``; needs inter_op_threads > 1).
         enable_mem_arena: ONNX Runtime's CPU memory arena.
-        allow_spinning: whether ONNX Runtime's intra-op threads spin-wait for work between runs
-            (``session.intra_op.allow_spinning``; None: ORT's default, on). Off when other threads
-            need the cores between batches (the count's scan workers): spinning takes cycles from them.
         trt_fp16: let the TensorRT EP build FP16 kernels (as the native engine does).
         trt_cache_dir: where the TensorRT EP caches engines and timing (default ``~/.cache/wbc-deploy/ort-trt``).
         device_id: GPU index for the CUDA/TensorRT EPs.
@@ -129,7 +126,6 @@ class OrtBackend(Backend):
         graph_optimization: str = "all",
         parallel: bool = False,
         enable_mem_arena: bool = True,
-        allow_spinning: bool | None = None,
         trt_fp16: bool = True,
         trt_cache_dir: str | Path | None = None,
         device_id: int = 0,
@@ -156,8 +152,6 @@ class OrtBackend(Backend):
             so.inter_op_num_threads = int(inter_op_threads)
         so.execution_mode = ort.ExecutionMode.ORT_PARALLEL if parallel else ort.ExecutionMode.ORT_SEQUENTIAL
         so.enable_cpu_mem_arena = bool(enable_mem_arena)
-        if allow_spinning is not None:
-            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         so.log_severity_level = 3  # errors only: warnings about unused initialisers are noise to a lab
 
         provider_args: list[Any] = []
@@ -193,7 +187,6 @@ class OrtBackend(Backend):
             "graph_optimization": graph_optimization,
             "parallel": parallel,
             "enable_mem_arena": enable_mem_arena,
-            "allow_spinning": allow_spinning,
         }
 
     def _run(self, batch: np.ndarray) -> np.ndarray:

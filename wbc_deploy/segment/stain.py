@@ -89,7 +89,7 @@ def nucleus_density(rgb: np.ndarray, params: SegmentParams | None = None) -> np.
     params = params or SegmentParams()
     rgb = as_rgb_uint8(rgb)
     bg = params.background_rgb if params.background_rgb is not None else estimate_background(rgb)
-    return densities(rgb, bg, params)[0]
+    return apply_table(density_tables(bg, params)[0], rgb)
 
 
 def as_rgb_uint8(rgb: np.ndarray) -> np.ndarray:

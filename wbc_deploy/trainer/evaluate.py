@@ -1,9 +1,8 @@
 """Evaluate a model on a class-per-folder directory: every image is scored.
 
 Evaluation is "a predict-probabilities function over a list of images" (:data:`PredictProba`), so any
-backend plugs in: :func:`torch_predictor` wraps a PyTorch checkpoint; exported ONNX models and TensorRT
-engines come through :func:`wbc_deploy.runtime.predictor.backend_predictor`. This module imports torch
-only inside :func:`torch_predictor` / :func:`load_predictor` for torch checkpoints.
+backend plugs in: checkpoints, ONNX models and TensorRT engines all come through
+:func:`wbc_deploy.runtime.predictor.backend_predictor` (torch is imported only for checkpoints).
 """
 from __future__ import annotations
 
@@ -25,39 +24,15 @@ from .report import plot_confusion
 PredictProba = Callable[[Sequence[np.ndarray]], np.ndarray]
 
 
-def torch_predictor(model, card: ModelCard, device: str = "cpu") -> PredictProba:
-    """A :data:`PredictProba` over a PyTorch model, using the deployment preprocessing (``prepare_batch``)."""
-    import torch
-
-    from ..preprocess import prepare_batch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise WbcError("--device cuda was requested but no CUDA GPU is available: use --device cpu")
-    model = model.to(device).eval()
-
-    def predict(images: Sequence[np.ndarray]) -> np.ndarray:
-        batch = torch.from_numpy(prepare_batch(list(images), card)).to(device)
-        with torch.inference_mode():
-            out = model(batch)
-            logits = out if isinstance(out, torch.Tensor) else out[0]
-            return torch.softmax(logits.float(), dim=1).cpu().numpy()
-
-    return predict
-
-
 def load_predictor(model_path: str | Path, device: str = "cpu") -> tuple[PredictProba, ModelCard]:
-    """A predictor and card for MODEL: a run directory, a ``.safetensors`` checkpoint, or an exported model."""
+    """A predictor and card for MODEL: a run directory, a ``.safetensors`` checkpoint, or an exported model,
+    through :func:`wbc_deploy.runtime.predictor.backend_predictor` (the file's own card, the same preprocessing)."""
+    from ..runtime.predictor import backend_predictor
+
     path = Path(model_path).expanduser()
-    if path.suffix.lower() in (".onnx", ".engine", ".plan", ".trt"):
-        # Exported artefacts (.onnx, TensorRT engines) run through wbc_deploy.runtime's backends
-        # (issue 3): the same preprocessing contract from the file's own card, the same metrics below.
-        from ..runtime.predictor import backend_predictor
-
-        return backend_predictor(path, device)
-    from .checkpoint import load_checkpoint
-
-    model, card = load_checkpoint(path)
-    return torch_predictor(model, card, device), card
+    if not path.exists():
+        raise WbcError(f"model not found: {path}")
+    return backend_predictor(path, device)
 
 
 def _load_rgb_array(path: Path) -> np.ndarray | None:
