@@ -301,7 +301,9 @@ def main() -> None:
                       "figures are pessimistic", highlight=False)
     record["machine"]["load_avg_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    from wbc_deploy.files import atomic_write_text
+
+    atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
     console.print(f"wrote {args.out}")
 
 

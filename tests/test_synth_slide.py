@@ -130,7 +130,7 @@ def test_same_seed_same_bytes(tmp_path):
     c = tmp_path / "a" / "c.svs"
     write_synthetic_slide(c, 768, 640, 6, seed=5)
     assert truth_path(c).read_bytes() != truth_path(a).read_bytes()
-    assert not list(tmp_path.rglob("*.part"))
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
 def test_synth_slide_cli(tmp_path, capsys):

@@ -14,6 +14,7 @@ from typing import Any
 
 from . import __version__
 from .errors import WbcError
+from .files import atomic_write_text
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -84,7 +85,8 @@ class ModelCard:
             raise WbcError(f"{source}: color_order must be RGB or BGR, got {self.color_order!r}")
 
     def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write the card as indented JSON (atomically)."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_json(cls, path: str | Path) -> ModelCard:

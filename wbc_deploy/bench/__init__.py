@@ -9,7 +9,7 @@ from .accuracy import int8_accuracy
 from .backends import DEFAULT_BACKENDS, SPECS, BackendSpec, parse_backends, unavailable_reason
 from ..converters.int8_cpu import Int8Recipe, batchnorm_to_depthwise_conv, quantize_for_cpu
 from .machine import PeakEstimate, cpu_fp32_peak, machine_info
-from .ort_settings import OrtSettings, default_settings, make_session, sweep, sweep_candidates, tuned_settings
+from .ort_settings import OrtSettings, default_settings, sweep, sweep_candidates, tuned_settings
 from .report import RESULT_KEYS, SCHEMA, BenchmarkReport, Result, markdown, rich_table, write_json, write_markdown
 from .run import BenchmarkConfig, parse_batch_sizes, run_benchmark
 from .timing import Timing, measure
@@ -17,7 +17,7 @@ from .timing import Timing, measure
 __all__ = [
     "DEFAULT_BACKENDS", "RESULT_KEYS", "SCHEMA", "SPECS", "BackendSpec", "BenchmarkConfig", "BenchmarkReport",
     "Int8Recipe", "OrtSettings", "PeakEstimate", "Result", "Timing", "batchnorm_to_depthwise_conv", "cpu_fp32_peak",
-    "default_settings", "int8_accuracy", "machine_info", "make_session", "markdown", "measure", "parse_backends", "parse_batch_sizes",
+    "default_settings", "int8_accuracy", "machine_info", "markdown", "measure", "parse_backends", "parse_batch_sizes",
     "quantize_for_cpu", "rich_table", "run_benchmark", "sweep", "sweep_candidates", "tuned_settings",
     "unavailable_reason", "write_json", "write_markdown",
 ]

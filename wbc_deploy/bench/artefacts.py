@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..files import sha256_file
+from ..files import atomic_write_text, sha256_file
 from .. import __version__
 from ..card import ModelCard
 from ..errors import WbcError
@@ -222,7 +222,7 @@ class Artefacts:
             calibration, desc = self.calibration_batch()
             details = quantize_for_cpu(src, out, self.card_of(src), calibration, self.int8_recipe)
             details["calibration"] = desc
-            info_path.write_text(json.dumps(details, indent=2) + "\n")
+            atomic_write_text(info_path, json.dumps(details, indent=2) + "\n")
         if info_path.is_file():
             self.notes["int8"] = json.loads(info_path.read_text())
         return out

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import WbcError
 from .artefacts import Artefacts
-from .ort_settings import OrtSettings, default_settings, make_session
+from .ort_settings import OrtSettings, default_settings
 
 
 @dataclass(frozen=True)
@@ -148,16 +148,14 @@ class Runner:
     close: Callable[[], None] = lambda: None
 
 
-def _ort_runner(spec: BackendSpec, path: Any, settings: OrtSettings, providers: list[Any], device: str) -> Runner:
-    sess = make_session(path, settings, providers)
-    in_name = sess.get_inputs()[0].name
-    out_name = sess.get_outputs()[0].name
+def _ort_runner(spec: BackendSpec, path: Any, settings: OrtSettings, providers: str, device: str,
+               trt_cache_dir: Any = None) -> Runner:
+    """Times :class:`~wbc_deploy.runtime.ort_backend.OrtBackend` itself: the object ``count`` predicts with."""
+    from ..runtime.ort_backend import OrtBackend
 
-    def predict(batch: np.ndarray) -> np.ndarray:
-        return sess.run([out_name], {in_name: batch})[0]
-
-    info = {"session": settings.to_dict(), "providers": sess.get_providers()}
-    return Runner(spec, predict, info, str(path), device)
+    backend = OrtBackend(path, providers=providers, settings=settings, trt_cache_dir=trt_cache_dir)
+    info = {"session": settings.to_dict(), "providers": backend.providers}
+    return Runner(spec, backend.predict, info, str(path), device, backend.close)
 
 
 def _torch_runner(spec: BackendSpec, artefacts: Artefacts, threads: int) -> Runner:
@@ -199,22 +197,18 @@ def build_runner(name: str, artefacts: Artefacts, threads: int, ort_settings: Or
     if spec.runtime == "pytorch":
         return _torch_runner(spec, artefacts, threads)
     if name == "ort":
-        return _ort_runner(spec, artefacts.onnx_fp32(), ort_settings, ["CPUExecutionProvider"], "cpu")
+        return _ort_runner(spec, artefacts.onnx_fp32(), ort_settings, "cpu", "cpu")
     if name == "ort-default":
-        return _ort_runner(spec, artefacts.onnx_fp32(), default_settings(), ["CPUExecutionProvider"], "cpu")
+        return _ort_runner(spec, artefacts.onnx_fp32(), default_settings(), "cpu", "cpu")
     if name == "ort-fp16":
-        return _ort_runner(spec, artefacts.onnx_fp16(), ort_settings, ["CPUExecutionProvider"], "cpu")
+        return _ort_runner(spec, artefacts.onnx_fp16(), ort_settings, "cpu", "cpu")
     if name == "ort-int8":
-        return _ort_runner(spec, artefacts.onnx_int8(), ort_settings, ["CPUExecutionProvider"], "cpu")
+        return _ort_runner(spec, artefacts.onnx_int8(), ort_settings, "cpu", "cpu")
     if name == "ort-cuda":
-        return _ort_runner(spec, artefacts.onnx_fp32(), ort_settings, ["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda")
-    if name == "ort-trt":
-        cache = artefacts._ensure_dir() / "ort-trt-cache"
-        cache.mkdir(exist_ok=True)
-        trt_opts = {"trt_fp16_enable": True, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
-                    "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)}
-        return _ort_runner(spec, artefacts.onnx_fp32(), ort_settings,
-                           [("TensorrtExecutionProvider", trt_opts), "CUDAExecutionProvider", "CPUExecutionProvider"], "cuda")
+        return _ort_runner(spec, artefacts.onnx_fp32(), ort_settings, "cuda,cpu", "cuda")
+    if name == "ort-trt":  # FP16 kernels, engines cached beside the benchmark's artefacts
+        return _ort_runner(spec, artefacts.onnx_fp32(), ort_settings, "trt,cuda,cpu", "cuda",
+                           trt_cache_dir=artefacts._ensure_dir() / "ort-trt-cache")
     if name == "trt":
         from ..runtime.trt_backend import TrtBackend
 

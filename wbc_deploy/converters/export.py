@@ -24,6 +24,7 @@ import numpy as np
 
 from ..card import ModelCard
 from ..errors import WbcError
+from ..files import atomic_write_text
 from .verify import Comparison, failures_message
 
 #: Top-1 agreement a TensorRT FP16 engine must reach against ONNX Runtime FP32 when verified.
@@ -300,7 +301,7 @@ def export_model(
         flips = round((1 - r.top1_agreement) * r.n)
         if r.candidate != "ort fp32" and r.passed is None and flips > max(1, 0.01 * r.n):
             report.notes.append(f"{r.candidate} agrees with FP32 on only {100 * r.top1_agreement:.1f}% of {r.n} images: check it on labelled data with `wbc-deploy evaluate` before deploying")
-    paths["report"].write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    atomic_write_text(paths["report"], json.dumps(report.to_dict(), indent=2) + "\n")
     return report
 
 

@@ -6,18 +6,16 @@ Torch-free.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..card import ModelCard
 from ..console import warn
 from ..errors import WbcError
+from ..files import list_files
+from ..images import IMAGE_SUFFIXES, read_rgb
 from ..preprocess import prepare_batch
-
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
 
 def list_images(root: str | Path) -> list[Path]:
@@ -25,11 +23,7 @@ def list_images(root: str | Path) -> list[Path]:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise WbcError(f"image folder not found: {root} (pass a folder of cell crops, e.g. a class-per-folder data set)")
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES)
-    return found
+    return list_files(root, IMAGE_SUFFIXES)
 
 
 def load_images(root: str | Path, limit: int | None = 128, seed: int = 0) -> list[np.ndarray]:
@@ -45,8 +39,7 @@ def load_images(root: str | Path, limit: int | None = 128, seed: int = 0) -> lis
     bad: list[Path] = []
     for p in paths:
         try:
-            with Image.open(p) as im:
-                images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+            images.append(read_rgb(p))
         except Exception:  # noqa: BLE001 - any decoder failure: skip the file
             bad.append(p)
     if bad:

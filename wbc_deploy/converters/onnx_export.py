@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -33,6 +32,8 @@ from .. import __version__
 from ..card import ModelCard
 from ..console import warn
 from ..errors import WbcError
+from ..files import atomic_path
+from ..model.outputs import split_logits
 from .onnx_meta import (  # noqa: F401 - re-exported
     DEFAULT_OPSET,
     EXPORTERS,
@@ -53,7 +54,7 @@ class ProbabilityModel(nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(images), dim=1)
+        return torch.softmax(split_logits(self.model(images))[0], dim=1)
 
 
 @dataclass
@@ -145,10 +146,9 @@ def export_onnx(
     wrapped = ProbabilityModel(model).eval().cpu()
     gen = torch.Generator().manual_seed(0)
     example = torch.randn(example_batch, 3, s, s, generator=gen)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     t0 = time.perf_counter()
     used = exporter
-    try:
+    with atomic_path(out) as tmp:
         try:
             (_export_torchscript if exporter == "torchscript" else _export_dynamo)(wrapped, example, tmp, opset)
         except Exception as exc:  # noqa: BLE001 - exporter internals raise many types
@@ -165,10 +165,6 @@ def export_onnx(
         logits_tensor_name(proto)  # the softmax must be there
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     seconds = time.perf_counter() - t0
     opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
     return OnnxExport(path=out, card=deploy, exporter=used, opset=int(opset_used), seconds=seconds)
@@ -180,5 +176,5 @@ def torch_logits(model: nn.Module, batch: np.ndarray, batch_size: int = 16) -> n
     outs = []
     with torch.inference_mode():
         for i in range(0, batch.shape[0], batch_size):
-            outs.append(model(torch.from_numpy(np.ascontiguousarray(batch[i : i + batch_size]))).float().numpy())
+            outs.append(split_logits(model(torch.from_numpy(np.ascontiguousarray(batch[i : i + batch_size]))))[0].float().numpy())
     return np.concatenate(outs, axis=0) if outs else np.zeros((0, 0), dtype=np.float32)

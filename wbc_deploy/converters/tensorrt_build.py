@@ -8,7 +8,6 @@ Beside ``model.engine`` goes ``model.engine.json`` (:class:`~wbc_deploy.runtime.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,7 +19,7 @@ from .. import __version__
 from ..card import ModelCard
 from ..console import warn
 from ..errors import WbcError
-from ..files import sha256_file
+from ..files import atomic_write_bytes, sha256_file
 from ..runtime.engine_meta import EngineInfo
 from ..runtime.trt_backend import TRT_INSTALL_HINT, gpu_identity, import_pycuda, import_tensorrt
 
@@ -91,7 +90,7 @@ def _entropy_calibrator(trt: Any, cuda: Any, batch: np.ndarray, batch_size: int,
 
         def write_calibration_cache(self, cache: Any) -> None:
             if cache_path is not None:
-                cache_path.write_bytes(bytes(cache))
+                atomic_write_bytes(cache_path, bytes(cache))
 
     return EntropyCalibrator()
 
@@ -173,15 +172,9 @@ def build_engine(
                 f"try a larger --workspace-mb or a smaller --max-batch)"
             )
         engine_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = engine_path.with_name(f".{engine_path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_bytes(bytes(serialized))
-            os.replace(tmp, engine_path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        atomic_write_bytes(engine_path, bytes(serialized))
         if opts.timing_cache is not None:
-            Path(opts.timing_cache).write_bytes(bytes(config.get_timing_cache().serialize()))
+            atomic_write_bytes(opts.timing_cache, bytes(config.get_timing_cache().serialize()))
         outputs = [network.get_output(i).name for i in range(network.num_outputs)]
     finally:
         if ctx is not None:

@@ -10,7 +10,7 @@ graph would verify a file that is not deployed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,15 +95,10 @@ def compare_outputs(
 
 # -- ONNX Runtime sessions ---------------------------------------------------------------------------
 def cpu_session(model: str | Path | bytes, threads: int | None = None) -> Any:
-    """A CPU ONNX Runtime session (full graph optimisation) on a file or serialised model."""
-    import onnxruntime as ort
+    """A CPU ONNX Runtime session (ORT's defaults: full graph optimisation) on a file or serialised model."""
+    from ..runtime.ort_options import default_settings, ort_session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    src = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
+    return ort_session(model, replace(default_settings(), label="verify", intra_op_threads=threads))
 
 
 def logits_exposing_model(onnx_path: str | Path) -> tuple[bytes, str]:

@@ -17,14 +17,8 @@ from torch.utils.data import Dataset, Sampler
 
 from ..console import warn
 from ..errors import WbcError
+from ..images import load_rgb
 from .folders import Sample
-
-
-def load_rgb(path) -> Image.Image:
-    """Open an image file as an RGB PIL image (fully decoded, file closed)."""
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB")
 
 
 class CellDataset(Dataset):

@@ -21,7 +21,6 @@ skipped with a warning and counted. This module is torch-free.
 """
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -34,9 +33,8 @@ from PIL import Image
 from ..classes import CLASSES, normalise_class_name
 from ..console import warn
 from ..errors import WbcError
-
-#: File name suffixes read as images (case-insensitive).
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
+from ..files import list_files
+from ..images import is_image_name
 
 _SPLIT_ALIASES: dict[str, str] = {
     "train": "train", "training": "train", "trainset": "train", "trainingset": "train",
@@ -106,10 +104,6 @@ def _subdirs(path: Path) -> list[Path]:
         raise WbcError(f"cannot list {path}: {exc.strerror or exc}") from None
 
 
-def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
-
-
 def verify_image(path: Path) -> bool:
     """True when ``path`` decodes as an image (JPEGs are decoded at reduced scale, which is cheap)."""
     try:
@@ -122,24 +116,14 @@ def verify_image(path: Path) -> bool:
         return False
 
 
-def _files_under(folder: Path) -> list[Path]:
-    out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in sorted(filenames):
-            if not f.startswith("."):
-                out.append(Path(dirpath) / f)
-    return out
-
-
 def _collect_class_folders(folder: Path, split: str | None, index: DatasetIndex, candidates: list[Sample]) -> None:
     for sub in _subdirs(folder):
         label = class_of_folder(sub.name)
         if label is None:
             index.ignored_folders.append((sub, "not a WBC class"))
             continue
-        for f in _files_under(sub):
-            if _is_image_name(f):
+        for f in list_files(sub):
+            if is_image_name(f):
                 candidates.append(Sample(f, label, split))
             else:
                 index.non_image.append(f)

@@ -17,6 +17,7 @@ import numpy as np
 from ..classes import CLASSES
 from ..console import warn
 from ..errors import WbcError
+from ..files import AtomicWriter
 from .folders import SPLITS, DatasetIndex, Sample
 
 #: Fractions of each class that go to train/val/test when the data has no test split.
@@ -116,8 +117,7 @@ def write_manifest(path: str | Path, samples: Sequence[Sample], root: str | Path
     """Write ``path,label,split`` rows, paths relative to ``root`` when they lie under it."""
     root = Path(root).resolve()
     path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as fh:
+    with AtomicWriter(path) as fh:
         w = csv.writer(fh)
         w.writerow(MANIFEST_COLUMNS)
         for s in samples:
@@ -127,7 +127,6 @@ def write_manifest(path: str | Path, samples: Sequence[Sample], root: str | Path
             except ValueError:
                 rel = p.as_posix()
             w.writerow((rel, s.label, s.split or ""))
-    tmp.replace(path)
 
 
 def read_manifest(path: str | Path, root: str | Path) -> list[Sample]:

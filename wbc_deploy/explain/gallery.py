@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import WbcError
+from ..images import load_rgb
 from .montage import MontageLayout, MontageSection, MontageTile, render_montage, save_png
 
 
@@ -149,8 +150,7 @@ def _load_item_image(item: MisclassifiedItem) -> tuple[np.ndarray | Image.Image,
     """(image, readable): an unreadable file becomes a grey placeholder so one bad file cannot sink the montage."""
     if isinstance(item.image, (str, Path)):
         try:
-            with Image.open(item.image) as im:
-                return im.convert("RGB"), True
+            return load_rgb(item.image), True
         except (OSError, ValueError):
             return Image.new("RGB", (8, 8), (160, 160, 160)), False
     return item.image, True

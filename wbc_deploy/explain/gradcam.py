@@ -19,6 +19,7 @@ from torch import nn
 
 from ..classes import normalise_class_name
 from ..errors import WbcError
+from ..model.outputs import split_logits
 
 
 @dataclass
@@ -36,16 +37,6 @@ class CamBatch:
     @property
     def predicted(self) -> np.ndarray:
         return self.probs.argmax(axis=1)
-
-
-def _logits(output) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    if hasattr(output, "logits"):  # torchvision's InceptionOutputs
-        return output.logits
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise WbcError(f"the model returned {type(output).__name__}, not a tensor of logits")
 
 
 def default_layer(model: nn.Module, input_size: int = 224) -> str:
@@ -144,7 +135,7 @@ class GradCAM:
         self._activation = None
         try:
             with torch.enable_grad():
-                logits = _logits(self.model(x))
+                logits, _ = split_logits(self.model(x))
                 if self._activation is None:
                     raise WbcError(f"layer {self.layer!r} did not run in the forward pass: choose a layer the model uses")
                 act = self._activation

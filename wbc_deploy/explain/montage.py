@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from ..errors import WbcError
+from ..files import atomic_save_image
 
 BACKGROUND = (255, 255, 255)
 TILE_BACKGROUND = (228, 228, 228)
@@ -174,11 +175,8 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
     """Write ``image`` as PNG atomically (a temporary file renamed into place)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        image.save(tmp, format="PNG", optimize=False)
-        tmp.replace(path)
+        atomic_save_image(path, image, optimize=False)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise WbcError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path

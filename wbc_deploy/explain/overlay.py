@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WbcError
+from ..files import atomic_save_figure
 from .montage import as_rgb_uint8
 
 DEFAULT_CMAP = "jet"
@@ -63,11 +64,8 @@ def save_overlay(path: str | Path, image: np.ndarray, cam: np.ndarray, title: st
     bar.set_label("relevance (0..1)", fontsize=8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        fig.savefig(tmp, format="png")
-        tmp.replace(path)
+        atomic_save_figure(path, fig)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise WbcError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..classes import CLASSES, COLOURS
 from ..errors import WbcError
+from ..files import atomic_write, atomic_write_text
 
 #: Healthy-adult reference ranges (% of WBCs) drawn behind the bars for orientation only
 #: (GUIDE.md; laboratories use their own reference intervals).
@@ -207,16 +208,14 @@ def write_slide_report(
     title = f"WBC differential: {slide} ({total} cell{'s' if total != 1 else ''})"
     setting_rows = _settings_rows(settings, 70 if fmt == ".png" else 2000)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
         if fmt == ".png":
-            _report_png(tmp, title, rows, thumbnail, downsample, xy, names, classes, setting_rows, show_reference)
+            atomic_write(path, lambda tmp: _report_png(tmp, title, rows, thumbnail, downsample, xy, names, classes,
+                                                       setting_rows, show_reference))
         else:
-            tmp.write_text(_report_html(title, rows, thumbnail, downsample, xy, names, classes, setting_rows, show_reference),
-                           encoding="utf-8")
-        tmp.replace(path)
+            atomic_write_text(path, _report_html(title, rows, thumbnail, downsample, xy, names, classes, setting_rows,
+                                                 show_reference))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise WbcError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
 

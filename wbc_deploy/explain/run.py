@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..card import ModelCard
 from ..errors import WbcError
-from ..files import output_folder
+from ..files import AtomicWriter, atomic_path, list_files, output_folder
+from ..images import IMAGE_SUFFIXES, read_rgb
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 #: Model files Grad-CAM cannot use: they hold no gradients / no PyTorch graph.
 NOT_EXPLAINABLE = {".onnx": "an ONNX model", ".engine": "a TensorRT engine", ".trt": "a TensorRT engine",
                    ".plan": "a TensorRT engine"}
@@ -85,9 +84,7 @@ def collect_images(inputs: Sequence[str | Path], exclude: str | Path | None = No
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                            and not any(part.startswith(".") for part in f.relative_to(p).parts)
-                            and not (skip is not None and f.resolve().is_relative_to(skip)))
+            found += [f for f in list_files(p, IMAGE_SUFFIXES) if not (skip is not None and f.resolve().is_relative_to(skip))]
         elif p.is_file():
             found.append(p)
         else:
@@ -107,16 +104,6 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
         seen[base] = n
         stems.append(base if n == 1 else f"{base}-{n}")
     return stems
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """An image file as H x W x 3 uint8 RGB (WbcError with the reason if it cannot be read)."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise WbcError(f"cannot read image {path}: {exc}") from None
 
 
 def explain_images(
@@ -175,7 +162,8 @@ def explain_images(
                 pred = int(result.predicted[i])
                 tgt = int(result.targets[i])
                 cam_path = out / f"{stem}.cam.npy"
-                np.save(cam_path, heat)
+                with atomic_path(cam_path) as tmp, open(tmp, "wb") as fh:
+                    np.save(fh, heat)
                 title = f"{p.name}: predicted {card.classes[pred]} ({100 * result.probs[i, pred]:.1f}%)"
                 if tgt != pred:
                     title += f"; Grad-CAM for {card.classes[tgt]} ({100 * result.probs[i, tgt]:.1f}%)"
@@ -193,12 +181,10 @@ def explain_images(
 
 def write_explain_csv(path: Path, results: Sequence[ExplainResult]) -> Path:
     """One row per explained image (columns :data:`CSV_COLUMNS`)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
+    with AtomicWriter(path) as fh:
         w = csv.writer(fh)
         w.writerow(CSV_COLUMNS)
         for r in results:
             w.writerow([str(r.image), r.predicted, f"{r.confidence:.6f}", r.target, f"{r.target_probability:.6f}",
                         "1" if r.empty else "0", r.cam_path.name, r.overlay_path.name])
-    tmp.replace(path)
     return path

@@ -6,12 +6,13 @@ from pathlib import Path
 
 from ..console import warn
 from ..errors import WbcError
+from ..files import list_files
+from ..images import IMAGE_SUFFIXES
 
 #: Whole-slide formats OpenSlide reads (DICOM slides are folders: pass the folder's files or the folder).
 SLIDE_EXTENSIONS: tuple[str, ...] = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".svslide", ".bif", ".tif", ".tiff", ".dcm")
-#: Plain images (single fields of view, crops) that go through the same pipeline.
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp")
-KNOWN_EXTENSIONS: tuple[str, ...] = SLIDE_EXTENSIONS + IMAGE_EXTENSIONS
+#: Slides and plain images (single fields of view, crops: the package's one image suffix list).
+KNOWN_EXTENSIONS: tuple[str, ...] = SLIDE_EXTENSIONS + tuple(s for s in IMAGE_SUFFIXES if s not in SLIDE_EXTENSIONS)
 
 
 def slide_name(path: str | Path) -> str:
@@ -35,9 +36,7 @@ def discover_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     for raw in inputs:
         p = Path(raw)
         if p.is_dir():
-            found = sorted((f for f in p.rglob("*") if f.is_file() and is_slide_file(f)
-                            and not any(part.startswith(".") for part in f.relative_to(p).parts)),
-                           key=lambda f: str(f.relative_to(p)))
+            found = list_files(p, KNOWN_EXTENSIONS)
             if not found:
                 warn(f"no slides or images ({', '.join(KNOWN_EXTENSIONS)}) in {p}")
             candidates = found

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..files import sha256_file
+from ..files import atomic_write_text, sha256_file
 from ..card import ModelCard
 from ..errors import WbcError
 
@@ -53,8 +53,7 @@ class EngineInfo:
 
     def write(self, engine_path: str | Path) -> Path:
         path = sidecar_path(engine_path)
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        return path
+        return atomic_write_text(path, json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def read(cls, engine_path: str | Path) -> EngineInfo:

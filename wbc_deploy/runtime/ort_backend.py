@@ -15,6 +15,7 @@ import numpy as np
 from ..card import ModelCard
 from ..errors import WbcError
 from .base import Backend, softmax
+from .ort_options import OrtSettings, ort_session
 
 #: Default provider preference, fastest first; only the available ones are used.
 DEFAULT_PROVIDERS: tuple[str, ...] = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -29,8 +30,6 @@ PROVIDER_ALIASES: dict[str, str] = {
     "dml": "DmlExecutionProvider",
     "coreml": "CoreMLExecutionProvider",
 }
-
-GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
 
 
 def resolve_providers(providers: str | Sequence[str] | None, available: Sequence[str]) -> list[str]:
@@ -113,6 +112,8 @@ class OrtBackend(Backend):
         trt_fp16: let the TensorRT EP build FP16 kernels (as the native engine does).
         trt_cache_dir: where the TensorRT EP caches engines and timing (default ``~/.cache/wbc-deploy/ort-trt``).
         device_id: GPU index for the CUDA/TensorRT EPs.
+        settings: every session knob at once (:class:`~wbc_deploy.runtime.ort_options.OrtSettings`, what the
+            benchmark times); when given, the five session arguments above are not used.
     """
 
     name = "ort"
@@ -129,30 +130,21 @@ class OrtBackend(Backend):
         trt_fp16: bool = True,
         trt_cache_dir: str | Path | None = None,
         device_id: int = 0,
+        settings: OrtSettings | None = None,
     ) -> None:
         import onnxruntime as ort
 
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise WbcError(f"ONNX model not found: {self.model_path}")
-        if graph_optimization not in GRAPH_OPT_LEVELS:
-            raise WbcError(f"graph optimisation level must be one of {', '.join(GRAPH_OPT_LEVELS)}, got {graph_optimization!r}")
+        if settings is None:  # ORT's own defaults for every knob not named here
+            settings = OrtSettings(
+                label="runtime", intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
+                graph_optimization=graph_optimization, parallel=bool(parallel), enable_mem_arena=bool(enable_mem_arena),
+                enable_mem_pattern=None, allow_spinning=None, denormal_as_zero=None,
+            )
+        settings.check()
         chosen = resolve_providers(providers, ort.get_available_providers())
-
-        so = ort.SessionOptions()
-        so.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[graph_optimization]
-        if intra_op_threads:
-            so.intra_op_num_threads = int(intra_op_threads)
-        if inter_op_threads:
-            so.inter_op_num_threads = int(inter_op_threads)
-        so.execution_mode = ort.ExecutionMode.ORT_PARALLEL if parallel else ort.ExecutionMode.ORT_SEQUENTIAL
-        so.enable_cpu_mem_arena = bool(enable_mem_arena)
-        so.log_severity_level = 3  # errors only: warnings about unused initialisers are noise to a lab
 
         provider_args: list[Any] = []
         for p in chosen:
@@ -169,11 +161,7 @@ class OrtBackend(Backend):
                 provider_args.append((p, {"device_id": device_id}))
             else:
                 provider_args.append(p)
-        try:
-            self.session = ort.InferenceSession(str(self.model_path), sess_options=so, providers=provider_args)
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/etc. types
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise WbcError(f"ONNX Runtime cannot load {self.model_path}: {msg}") from None
+        self.session = ort_session(self.model_path, settings, provider_args)
 
         source = f"ONNX model {self.model_path}"
         self.card = read_onnx_card(self.session, source)
@@ -181,12 +169,13 @@ class OrtBackend(Backend):
         self.providers = list(self.session.get_providers())
         self.device = self.providers[0]
         self.requested_providers = chosen
+        self.settings = settings
         self.options = {
-            "intra_op_threads": intra_op_threads or 0,
-            "inter_op_threads": inter_op_threads or 0,
-            "graph_optimization": graph_optimization,
-            "parallel": parallel,
-            "enable_mem_arena": enable_mem_arena,
+            "intra_op_threads": settings.intra_op_threads or 0,
+            "inter_op_threads": settings.inter_op_threads or 0,
+            "graph_optimization": settings.graph_optimization or "all",
+            "parallel": bool(settings.parallel),
+            "enable_mem_arena": settings.enable_mem_arena is not False,
         }
 
     def _run(self, batch: np.ndarray) -> np.ndarray:

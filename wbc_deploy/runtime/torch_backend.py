@@ -63,17 +63,21 @@ class TorchBackend(Backend):
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw logits (N x C float32) of a checked batch: what export verification compares."""
+        from ..model.outputs import split_logits
+
         torch = self._torch
         x = torch.from_numpy(self.check_batch(batch)).to(self._device)
         with torch.inference_mode(), torch.autocast(self._device.type, dtype=torch.float16, enabled=self.half):
-            out = self.model(x)
+            out = split_logits(self.model(x))[0]
         return out.float().cpu().numpy()
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
+        from ..model.outputs import split_logits
+
         torch = self._torch
         x = torch.from_numpy(batch).to(self._device)
         with torch.inference_mode(), torch.autocast(self._device.type, dtype=torch.float16, enabled=self.half):
-            out = self.model(x).float()
+            out = split_logits(self.model(x))[0].float()
         if self.card.output == "probabilities":  # a checkpoint whose module already ends in a softmax
             return out.cpu().numpy()
         return torch.softmax(out, dim=1).cpu().numpy()

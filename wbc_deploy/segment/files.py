@@ -13,8 +13,6 @@ run never leaves a complete-looking but partial result.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import WbcError
-from ..files import output_folder
+from ..files import AtomicWriter, atomic_save_image, output_folder
 from .core import Segmentation, segment_wbcs
 from .params import SegmentParams
 from .scale import estimate_mpp
@@ -72,19 +70,6 @@ def default_max_pixels() -> int:
     return int(min(MAX_PIXELS_CAP, available // 4 // BYTES_PER_PIXEL))
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through ``write(tmp_path)`` into a temporary file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-
-
 def write_label_png(path: str | Path, labels: np.ndarray) -> None:
     """Write instance labels as a 16-bit greyscale PNG (atomically). Ids above 65535 are refused."""
     labels = np.asarray(labels)
@@ -93,7 +78,7 @@ def write_label_png(path: str | Path, labels: np.ndarray) -> None:
     if labels.size and int(labels.min()) < 0:
         raise ValueError("labels must be non-negative")
     img = Image.fromarray(np.ascontiguousarray(labels.astype(np.uint16)))
-    _atomic_write(Path(path), lambda tmp: img.save(tmp, format="PNG"))
+    atomic_save_image(path, img)
 
 
 def read_label_png(path: str | Path) -> np.ndarray:
@@ -104,16 +89,12 @@ def read_label_png(path: str | Path) -> np.ndarray:
 
 def write_cells_csv(path: str | Path, seg: Segmentation) -> None:
     """Write ``<stem>.cells.csv`` (:data:`CSV_COLUMNS`, one row per cell, header row) atomically."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(CSV_COLUMNS)
-            for c in seg.cells:
-                x0, y0, x1, y1 = c.bbox
-                w.writerow([c.cell_id, f"{c.x:.2f}", f"{c.y:.2f}", x0, y0, x1, y1, f"{c.area_um2:.2f}"])
-
-    _atomic_write(Path(path), write)
+    with AtomicWriter(path) as fh:
+        w = csv.writer(fh)
+        w.writerow(CSV_COLUMNS)
+        for c in seg.cells:
+            x0, y0, x1, y1 = c.bbox
+            w.writerow([c.cell_id, f"{c.x:.2f}", f"{c.y:.2f}", x0, y0, x1, y1, f"{c.area_um2:.2f}"])
 
 
 def write_segmentation(seg: Segmentation, out_dir: str | Path, stem: str) -> list[Path]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ from scipy.spatial import cKDTree
 from ..classes import CLASSES
 from ..data.synth_cells import CLASS_FREQUENCIES, Scene, Stain, WbcSpec, make_wbc, scatter_red_cells
 from ..errors import WbcError
+from ..files import atomic_path
 
 __all__ = [
     "SEAM_PERIODS_PX",
@@ -426,10 +426,10 @@ def write_synthetic_slide(path: str | Path, width: int, height: int, n_cells: in
     raw = sum(w * h * 3 for w, h in levels)
     bigtiff = raw > 2**32 - 2**26  # a deflated file is smaller, but never risk the 4 GB limit
     ppcm = 1e4 / mpp
-    tmp = path.with_name(path.name + ".part")
-    tmp_truth = truth_path(path).with_name(truth_path(path).name + ".part")
     try:
-        with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
+        # the slide is renamed into place first, then its truth: a truth file always has its slide
+        with atomic_path(truth_path(path)) as tmp_truth, atomic_path(path) as tmp, \
+                tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
             for k, (lw, lh) in enumerate(levels):
                 ds = 4**k
                 if svs:
@@ -465,18 +465,12 @@ def write_synthetic_slide(path: str | Path, width: int, height: int, n_cells: in
                                                         n_cells, thumbnail=True),
                         metadata=None, software="wbc-deploy",
                     )
-        buf = io.StringIO()
-        wr = csv.writer(buf, lineterminator="\n")
-        wr.writerow(["x", "y", "label"])
-        for x, y, lab in slide.truth_rows():
-            wr.writerow([f"{x:.2f}", f"{y:.2f}", lab])
-        tmp_truth.write_text(buf.getvalue())
-        os.replace(tmp, path)
-        os.replace(tmp_truth, truth_path(path))
+            buf = io.StringIO()
+            wr = csv.writer(buf, lineterminator="\n")
+            wr.writerow(["x", "y", "label"])
+            for x, y, lab in slide.truth_rows():
+                wr.writerow([f"{x:.2f}", f"{y:.2f}", lab])
+            tmp_truth.write_text(buf.getvalue())
     except OSError as exc:
         raise WbcError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        for p in (tmp, tmp_truth):
-            if p.exists():
-                p.unlink()
     return truth_path(path)

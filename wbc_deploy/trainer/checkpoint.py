@@ -8,7 +8,6 @@ with ``torch.save`` and read with ``torch.load(weights_only=True)``: no arbitrar
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..files import sha256_file
+from ..files import atomic_write, sha256_file
 from ..card import ONNX_CARD_KEY, ModelCard
 from ..errors import WbcError
 
@@ -24,10 +23,6 @@ CHECKPOINT_NAME = "model.safetensors"
 CARD_NAME = "card.json"
 LAST_NAME = "last.pt"
 
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
 
 
 def save_checkpoint(run_dir: str | Path, model: nn.Module | Mapping[str, torch.Tensor], card: ModelCard) -> Path:
@@ -47,13 +42,9 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module | Mapping[str, torch.T
     card.checkpoint_sha256 = None
     meta_card = card.to_dict()
     path = run_dir / CHECKPOINT_NAME
-    tmp = _tmp(path)
-    save_file(tensors, str(tmp), metadata={ONNX_CARD_KEY: json.dumps(meta_card), "format": "pt"})
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={ONNX_CARD_KEY: json.dumps(meta_card), "format": "pt"}))
     card.checkpoint_sha256 = sha256_file(path)
-    tmp_card = _tmp(run_dir / CARD_NAME)
-    card.to_json(tmp_card)
-    os.replace(tmp_card, run_dir / CARD_NAME)
+    card.to_json(run_dir / CARD_NAME)
     return path
 
 
@@ -123,10 +114,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelCard]:
 
 def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
     """Atomically ``torch.save`` a dict of tensors/state dicts/numbers/strings (resume state)."""
-    path = Path(path)
-    tmp = _tmp(path)
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:

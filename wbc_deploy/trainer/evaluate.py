@@ -17,6 +17,8 @@ from ..card import ModelCard
 from ..console import make_progress, warn
 from ..data.folders import Sample, index_dataset
 from ..errors import WbcError
+from ..images import read_rgb
+from ..files import atomic_write_text
 from ..metrics import compute_metrics
 from .report import plot_confusion
 
@@ -36,12 +38,8 @@ def load_predictor(model_path: str | Path, device: str = "cpu") -> tuple[Predict
 
 
 def _load_rgb_array(path: Path) -> np.ndarray | None:
-    from PIL import Image
-
     try:
-        with Image.open(path) as im:
-            im.load()
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        return read_rgb(path)
     except Exception:  # noqa: BLE001 - any decoder failure: skip and count
         return None
 
@@ -123,9 +121,7 @@ def evaluate_folder(
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(out)
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
         plot_confusion(metrics, confusion_path(out), title=f"{Path(data).name}")
         if wrong is not None:  # --gallery (explain package)
             from ..explain.gallery import MisclassifiedItem, write_misclassified_montage

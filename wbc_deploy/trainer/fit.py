@@ -36,7 +36,9 @@ from ..data.mixup import mixup_batch, soft_cross_entropy
 from ..data.splits import check_split, make_split, read_manifest, write_manifest
 from ..data.transforms import eval_transform, train_transform
 from ..errors import WbcError
+from ..files import AtomicWriter
 from ..metrics import compute_metrics
+from ..model.outputs import split_logits
 from .checkpoint import CHECKPOINT_NAME, LAST_NAME, load_state, load_training_state, save_checkpoint, save_training_state
 from .config import TrainConfig, make_config
 from .report import plot_confusion, plot_curves
@@ -76,16 +78,6 @@ def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
 
 
-def _logits(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Main logits and auxiliary logits (Inception v3 in training mode) from a model output."""
-    if isinstance(output, torch.Tensor):
-        return output, None
-    logits = getattr(output, "logits", None)
-    if logits is None and isinstance(output, (tuple, list)):
-        logits = output[0]
-    return logits, getattr(output, "aux_logits", None)
-
-
 def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
     """Learning rate at a global step: ``cfg.lr`` (constant) or a cosine decay from it to 0."""
     if cfg.schedule == "cosine" and total_steps > 0:
@@ -108,13 +100,11 @@ def read_history(path: Path, upto: int | None = None) -> list[dict[str, float]]:
 
 
 def _write_history(path: Path, rows: Iterable[dict[str, float]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as fh:
+    with AtomicWriter(path) as fh:
         w = csv.DictWriter(fh, fieldnames=HISTORY_COLUMNS)
         w.writeheader()
         for r in rows:
             w.writerow({k: (int(r[k]) if k == "epoch" else f"{r[k]:.6g}") for k in HISTORY_COLUMNS})
-    tmp.replace(path)
 
 
 def _plain(value: Any) -> Any:
@@ -247,7 +237,7 @@ class Trainer:
             images = images.to(self.device, non_blocking=True)
             targets = targets.to(self.device)
             mixed, soft, lam, perm = mixup_batch(images, targets, num_classes, cfg.mixup_alpha, mix_rng)
-            logits, aux = _logits(model(mixed))
+            logits, aux = split_logits(model(mixed))
             loss = soft_cross_entropy(logits, soft)
             if aux is not None:  # Inception v3's auxiliary classifier, weighted as in torchvision's recipe
                 loss = loss + 0.4 * soft_cross_entropy(aux, soft)
@@ -277,7 +267,7 @@ class Trainer:
         loss_sum = 0.0
         preds: list[np.ndarray] = []
         for images, targets in loader:
-            logits, _ = _logits(model(images.to(self.device)))
+            logits, _ = split_logits(model(images.to(self.device)))
             targets = targets.to(self.device)
             loss_sum += float(nn.functional.cross_entropy(logits.float(), targets, reduction="sum"))
             preds.append(logits.argmax(1).cpu().numpy())

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
+from ..files import atomic_save_figure
+
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
@@ -66,9 +68,7 @@ def plot_confusion(metrics: Mapping[str, Any], path: str | Path, title: str = "c
             colour = "white" if frac[i, j] > 0.5 else "black"
             ax.text(j, i, f"{int(cm[i, j])}\n{100 * frac[i, j]:.0f}%", ha="center", va="center", fontsize=8, color=colour)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    return path
+    return atomic_save_figure(path, fig)
 
 
 def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
@@ -90,6 +90,4 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    return path
+    return atomic_save_figure(path, fig)
