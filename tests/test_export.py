@@ -162,3 +162,42 @@ def test_fp16_from_an_existing_onnx_needs_no_torch_model(tmp_path):
     assert [a.precision for a in report.artefacts] == ["fp32", "fp16"]
     assert read_onnx_card(fp16) == read_onnx_card(path)
     assert report.comparisons[0].top1_agreement == 1.0
+
+
+def test_int8_defaults_are_the_measured_recipe():
+    """quantize_int8's defaults and Int8Recipe's (the benchmark's and export's) are one recipe."""
+    import inspect
+
+    from wbc_deploy.converters.int8_cpu import Int8Recipe
+    from wbc_deploy.converters.quantize import quantize_int8
+
+    params = inspect.signature(quantize_int8).parameters
+    recipe = Int8Recipe()
+    for name in ("quant_format", "activation_type", "per_channel", "bn_as_conv", "calibrate_method"):
+        assert params[name].default == getattr(recipe, name), name
+    assert recipe.activation_type == "uint8" and recipe.per_channel and recipe.bn_as_conv
+
+
+@pytest.mark.parametrize("op_types", [None, ("Conv", "Gemm", "Add", "Softmax")], ids=["default", "softmax-asked"])
+def test_int8_never_quantises_the_final_softmax(tiny_random_run, tmp_path, op_types):
+    """The probabilities output comes straight from a float Softmax, even when Softmax is in ``op_types``:
+    rows sum to 1 within 1e-5 (a quantised softmax is off by up to a uint8 step, ~4e-3)."""
+    from wbc_deploy.converters.quantize import quantize_int8
+    from wbc_deploy.converters.verify import cpu_session
+
+    export_model(tiny_random_run, tmp_path / "fp32", ExportOptions(verify=False))
+    fp32 = tmp_path / "fp32" / "model.onnx"
+    card = read_onnx_card(fp32)
+    batch = prepare_batch(synthetic_images(16, seed=2, size=int(card.input_size)), card)
+    q = quantize_int8(fp32, tmp_path / "int8.onnx", card, batch[:8], op_types=op_types)
+    assert q.details["activation_type"] == "uint8" and q.details["batchnorm_rewritten"] > 0
+    graph = onnx.load(str(q.path)).graph
+    (out,) = [o for o in graph.output if o.name == "probabilities"]
+    assert out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    producer = next(n for n in graph.node if "probabilities" in n.output)
+    assert producer.op_type == "Softmax"
+    assert not any("probabilities" in n.input for n in graph.node)  # nothing quantises the output after it
+    assert "QuantizeLinear" in {n.op_type for n in graph.node}  # the rest really is quantised
+    (probs,) = cpu_session(q.path).run(["probabilities"], {"images": batch})
+    assert probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)

@@ -101,18 +101,26 @@ def test_checkpoint_errors(tmp_path):
         load_training_state(tmp_path / "last.pt")
 
 
+def _history(run: Path) -> list[dict[str, str]]:
+    with (run / "history.csv").open() as fh:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(fh)]
+
+
+def _interrupted_after_first_epoch(data: Path, out: Path) -> None:
+    def stop_after_first_epoch(row):
+        raise KeyboardInterrupt  # as if the user pressed Ctrl-C once epoch 1 was saved
+
+    with pytest.raises(KeyboardInterrupt):
+        train(data, out, preset="tiny", epochs=2, img_size=32, batch_size=8, seed=0, quiet=True, on_epoch=stop_after_first_epoch)
+    assert load_training_state(out / "last.pt")["epoch"] == 1
+
+
 def test_resume_continues_exactly_where_it_stopped(cells, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(cells, data)
     whole, part = tmp_path / "whole", tmp_path / "part"
     assert run_cli(["train", data, "--out", whole, "--epochs", "2", *TINY], capsys)[0] == 0
-
-    def stop_after_first_epoch(row):
-        raise KeyboardInterrupt  # as if the user pressed Ctrl-C once epoch 1 was saved
-
-    with pytest.raises(KeyboardInterrupt):
-        train(data, part, preset="tiny", epochs=2, img_size=32, batch_size=8, seed=0, quiet=True, on_epoch=stop_after_first_epoch)
-    assert load_training_state(part / "last.pt")["epoch"] == 1
+    _interrupted_after_first_epoch(data, part)
     split_before = (part / "split.csv").read_text()
     # New images after the first run must not change the saved split.
     write_cell_dataset(data, per_class=10, size_px=32, seed=0, classes=["lymphocyte"])
@@ -120,12 +128,7 @@ def test_resume_continues_exactly_where_it_stopped(cells, tmp_path, capsys):
     assert code == 0, err
     assert (part / "split.csv").read_text() == split_before
     assert load_training_state(part / "last.pt")["epoch"] == 2
-
-    def rows(run):
-        with (run / "history.csv").open() as fh:
-            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(fh)]
-
-    assert rows(part) == rows(whole)  # same seed, same settings: the same run, resumed or not
+    assert _history(part) == _history(whole)  # same seed, same settings: the same run, resumed or not
     card = json.loads((part / "card.json").read_text())
     assert card["training"]["epochs_completed"] == 2 and card["training"]["hyperparameters"]["preset"] == "tiny"
     # Resuming with a contradicting setting is refused; a finished run without --resume is not overwritten.
@@ -133,6 +136,22 @@ def test_resume_continues_exactly_where_it_stopped(cells, tmp_path, capsys):
     assert code == 2 and "--lr" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(["train", data, "--out", part, *TINY], capsys)
     assert code == 2 and "--resume" in err
+
+
+def test_resume_with_split_csv_missing_rebuilds_it_and_keeps_the_saved_weights(cells, tmp_path, capsys):
+    """--resume of a run whose split.csv was deleted: the split is made again from DATA (same seed, same split)
+    and epoch 2 continues from last.pt's weights, not from freshly built ones (the history equals an
+    uninterrupted run's)."""
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert run_cli(["train", cells, "--out", whole, "--epochs", "2", *TINY], capsys)[0] == 0
+    _interrupted_after_first_epoch(cells, part)
+    split_before = (part / "split.csv").read_text()
+    (part / "split.csv").unlink()
+    code, _, err = run_cli(["train", cells, "--out", part, "--resume", "-q"], capsys)
+    assert code == 0, err
+    assert (part / "split.csv").read_text() == split_before
+    assert load_training_state(part / "last.pt")["epoch"] == 2
+    assert _history(part) == _history(whole)
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The INT8 recipe for ONNX Runtime on x86 CPUs, built on the converters' static quantisation.
+"""The INT8 recipe for ONNX Runtime on x86 CPUs: the defaults of the converters' static quantisation.
 
 Measured on the full ``wbcnet`` (224 px) on the 2-core dev VM (AMD EPYC Zen 4, AVX-512 VNNI),
 onnxruntime 1.32; variants timed interleaved in one process (1 thread, batch 8, busy machine, so read
@@ -26,8 +26,9 @@ idle machine, 2 threads, batch 16: FP32 14.3 cells/s, recipe 40.0 cells/s  -> 2.
   wrapped in Dequantize/Quantize pairs and NHWC<->NCHW transposes (about a quarter of the INT8 run
   time). Written as ``Conv(group=C, 1x1)`` with the same arithmetic, they quantise to ``QLinearConv``
   with the ReLU fused, and the whole network stays in the int8 NHWC path. The rewrite is exact in FP32.
-* Per-channel symmetric int8 weights, MinMax calibration on 32 preprocessed crops, Softmax kept float
-  (the converters' defaults). QDQ and QOperator run at the same speed once fused; QDQ is kept (the
+* Per-channel symmetric int8 weights, MinMax calibration on 32 preprocessed crops, Softmax kept float.
+  These are :func:`~wbc_deploy.converters.quantize.quantize_int8`'s defaults; :class:`Int8Recipe` names them
+  for the benchmark's cache key and ``export``'s options. QDQ and QOperator run at the same speed once fused; QDQ is kept (the
   portable format). Per-tensor weights were no faster beyond noise and are less accurate.
 
 Accuracy (OA on 500 synthetic test cells, :mod:`wbc_deploy.bench.accuracy` proxy model): FP32 96.8%;
@@ -39,7 +40,6 @@ The rewrite is generic ONNX: it only touches ``BatchNormalization`` nodes whose 
 """
 from __future__ import annotations
 
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -168,29 +168,19 @@ def prune_unused(graph: Any) -> None:
 
 
 def quantize_for_cpu(src: str | Path, out: str | Path, card: ModelCard, calibration: np.ndarray, recipe: Int8Recipe) -> dict[str, Any]:
-    """Make the ``ort-int8`` model: optional BN rewrite, then the converters' ``quantize_int8``.
-
-    Returns the recipe and what was done (JSON-ready).
-    """
-    import onnx
-
+    """Make the ``ort-int8`` model: the converters' ``quantize_int8`` (whose defaults are :class:`Int8Recipe`'s)
+    with ``recipe``'s choices. Returns the recipe and what was done (JSON-ready)."""
     from .quantize import quantize_int8
 
     details: dict[str, Any] = {"recipe": recipe.to_dict()}
-    with tempfile.TemporaryDirectory(prefix="wbc-int8-") as tmp:
-        source = Path(src)
-        if recipe.bn_as_conv:
-            proto = onnx.load(str(src))
-            details["batchnorm_rewritten"] = batchnorm_to_depthwise_conv(proto)
-            source = Path(tmp) / "bn_as_conv.onnx"
-            onnx.save(proto, str(source))
-        result = quantize_int8(
-            source, out, card, calibration,
-            quant_format=recipe.quant_format,
-            per_channel=recipe.per_channel,
-            activation_type=recipe.activation_type,
-            calibrate_method=recipe.calibrate_method,
-        )
+    result = quantize_int8(
+        src, out, card, calibration,
+        quant_format=recipe.quant_format,
+        per_channel=recipe.per_channel,
+        activation_type=recipe.activation_type,
+        bn_as_conv=recipe.bn_as_conv,
+        calibrate_method=recipe.calibrate_method,
+    )
     details.update(result.details)
     details["seconds"] = round(result.seconds, 1)
     return details

@@ -3,13 +3,13 @@
 * FP16: ``onnxconverter_common.float16.convert_float_to_float16(keep_io_types=True)``: weights and
   activations in half precision, ``images`` stays float32 in and ``probabilities`` float32 out. Runs on
   ONNX Runtime's CPU EP (ops without FP16 CPU kernels get casts inserted by ORT) and natively on CUDA.
-* INT8: ONNX Runtime static quantisation: ``quant_pre_process`` (shape inference + graph optimisation,
-  BN folding), then ``quantize_static`` with per-channel INT8 weights and activations calibrated
-  (MinMax) on crops preprocessed by ``prepare_batch``, QDQ format by default (QOperator selectable).
-  The final Softmax stays float so probabilities keep their resolution. ``wbc-deploy export --int8``
-  calls this through the CPU recipe measured in :mod:`wbc_deploy.converters.int8_cpu` (uint8 activations, i.e.
-  U8S8, and DenseNet's stand-alone BatchNorms rewritten as depthwise 1x1 convolutions first): with
-  ORT's default S8S8 many convolutions stay unfused and INT8 is no faster than FP32 on x86.
+* INT8: ONNX Runtime static quantisation. Its defaults are the CPU recipe measured in
+  :mod:`wbc_deploy.converters.int8_cpu`: DenseNet's stand-alone BatchNorms rewritten as depthwise 1x1
+  convolutions, ``quant_pre_process`` (shape inference + graph optimisation, BN folding), then
+  ``quantize_static`` with per-channel int8 weights and uint8 activations (U8S8) calibrated (MinMax) on crops
+  preprocessed by ``prepare_batch``, QDQ format (QOperator selectable). With int8 activations (S8S8, ORT's
+  own default) many convolutions stay unfused and INT8 is no faster than FP32 on x86. The final Softmax is
+  never quantised, so the probabilities stay float32 and rows sum to 1.
 
 QDQ vs QOperator on this CPU (2-core AMD EPYC Zen 4, AVX-512 VNNI, shared with other jobs so only the
 ratios mean much; batch 16, 2 ORT threads, cells/s, median of 3):
@@ -29,7 +29,6 @@ Both keep the model card in the metadata and add ``wbc_deploy.precision``.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 import warnings
@@ -43,6 +42,7 @@ import numpy as np
 
 from ..card import ModelCard
 from ..errors import WbcError
+from ..files import atomic_write
 
 PRECISION_KEY = "wbc_deploy.precision"
 QUANT_FORMATS = ("qdq", "qoperator")
@@ -91,13 +91,7 @@ def _restore_metadata(proto: Any, card: ModelCard, precision: str) -> None:
 def _save_atomic(proto: Any, out: Path) -> None:
     import onnx
 
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(out, lambda tmp: onnx.save(proto, str(tmp)))
 
 
 def convert_fp16(src: str | Path, out: str | Path, card: ModelCard) -> QuantisedModel:
@@ -150,16 +144,20 @@ def quantize_int8(
     *,
     quant_format: str = "qdq",
     per_channel: bool = True,
-    activation_type: str = "int8",
+    activation_type: str = "uint8",
+    bn_as_conv: bool = True,
     calibrate_method: str = "minmax",
     batch_size: int = 8,
     op_types: tuple[str, ...] | None = None,
 ) -> QuantisedModel:
     """Static INT8 quantisation of the FP32 export ``src``, calibrated on ``calibration`` (preprocessed).
 
-    ``activation_type`` ``int8`` (S8S8, ORT's QDQ default) or ``uint8`` (U8S8). Only ``op_types``
-    (default :data:`INT8_OP_TYPES`) are quantised; the final Softmax is excluded so the probabilities
-    output stays float32 at full resolution.
+    The defaults are the measured CPU recipe (:class:`~wbc_deploy.converters.int8_cpu.Int8Recipe`):
+    ``activation_type`` ``uint8`` (U8S8; ``int8`` gives S8S8), per-channel weights, and ``bn_as_conv``:
+    stand-alone BatchNorms rewritten as depthwise 1x1 convolutions first
+    (:func:`~wbc_deploy.converters.int8_cpu.batchnorm_to_depthwise_conv`). Only ``op_types`` (default
+    :data:`INT8_OP_TYPES`) are quantised; the Softmax that makes the probabilities output is never quantised
+    (even if ``op_types`` names Softmax), so that output stays float32 at full resolution.
     """
     import onnx
     from onnxruntime.quantization import (
@@ -197,18 +195,29 @@ def quantize_int8(
 
     t0 = time.perf_counter()
     out = Path(out)
+    details: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="wbc-int8-") as tmpdir, _quiet_tools():
+        source = Path(src)
+        if bn_as_conv:
+            from .int8_cpu import batchnorm_to_depthwise_conv
+
+            proto = onnx.load(str(src))
+            details["batchnorm_rewritten"] = batchnorm_to_depthwise_conv(proto)
+            source = Path(tmpdir) / "bn_as_conv.onnx"
+            onnx.save(proto, str(source))
         pre = Path(tmpdir) / "preprocessed.onnx"
         try:
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+            quant_pre_process(str(source), str(pre), skip_symbolic_shape=False)
         except Exception as exc:  # noqa: BLE001 - symbolic shape inference can fail on exotic graphs
             from ..console import warn
 
             warn(f"quant_pre_process with symbolic shapes failed ({type(exc).__name__}); retrying without")
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
         pre_proto = onnx.load(str(pre))
-        softmax = [n.name for n in pre_proto.graph.node if n.op_type == "Softmax" and OUTPUT_NAME in n.output]
-        op_types = sorted({n.op_type for n in pre_proto.graph.node} & set(op_types or INT8_OP_TYPES))
+        softmax, renamed = _name_final_softmax(pre_proto, OUTPUT_NAME)
+        if renamed:
+            onnx.save(pre_proto, str(pre))
+        op_types = sorted(({n.op_type for n in pre_proto.graph.node} & set(op_types or INT8_OP_TYPES)) - {"Softmax"})
         tmp_out = Path(tmpdir) / "int8.onnx"
         try:
             quantize_static(
@@ -229,10 +238,17 @@ def quantize_int8(
         proto = onnx.load(str(tmp_out))
     _restore_metadata(proto, card, f"int8-{fmt}")
     _save_atomic(proto, out)
-    return QuantisedModel(
-        out,
-        "int8",
-        time.perf_counter() - t0,
-        {"format": fmt, "per_channel": per_channel, "activation_type": activation_type,
-         "calibration_images": int(calibration.shape[0]), "calibrate_method": calibrate_method},
-    )
+    details.update({"format": fmt, "per_channel": per_channel, "activation_type": activation_type,
+                    "calibration_images": int(calibration.shape[0]), "calibrate_method": calibrate_method})
+    return QuantisedModel(out, "int8", time.perf_counter() - t0, details)
+
+
+def _name_final_softmax(proto: Any, output_name: str) -> tuple[list[str], bool]:
+    """(names of the Softmax nodes that write ``output_name``, whether any had no name and was given one here)."""
+    names, renamed = [], False
+    for i, node in enumerate(proto.graph.node):
+        if node.op_type == "Softmax" and output_name in node.output:
+            if not node.name:
+                node.name, renamed = f"wbc_final_softmax_{i}", True
+            names.append(node.name)
+    return names, renamed
