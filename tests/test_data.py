@@ -130,6 +130,31 @@ def _key(s: Sample):
     return (str(s.path), s.split)
 
 
+def test_byte_identical_images_never_straddle_splits(tmp_path):
+    """Copies of one image (also under another class) land in one split; distinct images are still split 3:1:1."""
+    rng = np.random.default_rng(0)
+    samples = []
+    for c in ("eosinophil", "neutrophil"):
+        (tmp_path / c).mkdir()
+        for i in range(40):
+            p = tmp_path / c / f"{i:03d}.png"
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(p)
+            samples.append(Sample(p, c))
+    twins = []
+    for k in range(6):  # 6 images, each with 3 byte-identical copies: 2 more in its class, 1 in the other class
+        src = tmp_path / "eosinophil" / f"{k:03d}.png"
+        for j, c in enumerate(("eosinophil", "eosinophil", "neutrophil")):
+            dst = tmp_path / c / f"copy{k}_{j}.png"
+            dst.write_bytes(src.read_bytes())
+            samples.append(Sample(dst, c))
+        twins.append([src] + [tmp_path / c / f"copy{k}_{j}.png" for j, c in enumerate(("eosinophil", "eosinophil", "neutrophil"))])
+    split = {s.path: s.split for s in make_split_from(samples, seed=1)}
+    assert len(split) == len(samples)
+    for group in twins:
+        assert len({split[p] for p in group}) == 1, [split[p] for p in group]
+    assert Counter(split.values())["test"] >= 12
+
+
 def test_tiny_classes_still_reach_val_and_test():
     got = Counter((s.label, s.split) for s in make_split_from(_fake_samples({"monocyte": 3, "neutrophil": 4}), 0))
     assert got[("monocyte", "train")] == 1 and got[("monocyte", "val")] == 1 and got[("monocyte", "test")] == 1
