@@ -155,7 +155,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--run", type=Path, default=None, help="use this finished run instead of training")
     ap.add_argument("--format", choices=("fp32", "int8"), default="int8", help="what ships")
     ap.add_argument("--install", action="store_true", help=f"copy the model into wbc_deploy/zoo/{SHIPPED_NAME}")
+    ap.add_argument("--stain", default=None, help="override the preset's stain normalisation (ablation)")
+    ap.add_argument("--arch", default=None, help="override the preset's architecture (ablation)")
+    ap.add_argument("--img-size", type=int, default=None, help="override the preset's input size (ablation)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--tag", default="pbc", help="results file name: benchmarks/results/TAG.json and .md")
     args = ap.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from wbc_deploy.converters.export import ExportOptions, export_model
     from wbc_deploy.trainer.evaluate import evaluate_model
@@ -166,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     run = args.run or work / "run"
     t0 = time.perf_counter()
     if args.run is None:
-        train(args.data / "pbc", run, preset="pbc", resume=(run / "last.pt").exists(), seed=0, epochs=args.epochs)
+        train(args.data / "pbc", run, preset="pbc", resume=(run / "last.pt").exists(), seed=0, epochs=args.epochs,
+              stain=args.stain, arch=args.arch, img_size=args.img_size)
     train_minutes = (time.perf_counter() - t0) / 60
     card = json.loads((run / "card.json").read_text())
     export_dir = work / "export"
@@ -187,9 +197,9 @@ def main(argv: list[str] | None = None) -> None:
                             for name, (folder, mpp) in cross.items()}
     res["throughput"] = throughput(shipped)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "pbc.json").write_text(json.dumps(res, indent=2) + "\n")
-    write_markdown(res, RESULTS / "pbc.md")
-    print((RESULTS / "pbc.md").read_text())
+    (RESULTS / f"{args.tag}.json").write_text(json.dumps(res, indent=2) + "\n")
+    write_markdown(res, RESULTS / f"{args.tag}.md")
+    print((RESULTS / f"{args.tag}.md").read_text())
     if args.install:
         install(run, shipped, res)
 

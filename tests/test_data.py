@@ -68,6 +68,20 @@ def test_class_folders_with_skipped_files(tmp_path, capsys):
     assert "platelets" in err and "non-image" in err and "unreadable" in err
 
 
+def test_pbc_layout_wrapper_folder_and_its_other_classes_in_one_warning(tmp_path, capsys):
+    """PBC_dataset_normal_DIB/<class>/: the wrapper is descended into; ig, erythroblast and platelet are
+    skipped with one warning; SNE_/BNE_ (segmented and band) neutrophils are both neutrophils."""
+    root = tmp_path / "PBC_dataset_normal_DIB"
+    for cls in ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"):
+        _images(root / cls, 2)
+    for prefix in ("SNE", "BNE"):
+        Image.new("RGB", (8, 8), (200, 100, 150)).save(root / "neutrophil" / f"{prefix}_1234.jpg")
+    index = index_dataset(tmp_path)
+    assert index.counts() == {"basophil": 2, "eosinophil": 2, "lymphocyte": 2, "monocyte": 2, "neutrophil": 4}
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "ignoring" in ln]
+    assert len(lines) == 1 and all(n in lines[0] for n in ("'erythroblast'", "'ig'", "'platelet'"))
+
+
 def test_bccd_layout_train_test(tmp_path):
     root = tmp_path / "dataset2-master" / "images"  # the wrapper folder is descended into
     for split, n in (("TRAIN", 8), ("TEST", 3), ("TEST_SIMPLE", 1)):

@@ -7,7 +7,9 @@ import typer
 
 from .app import app
 
-_PRESET_HELP = "paper: the reference paper's setup (wbcnet+SCAM, ImageNet, 100 epochs, batch 16, lr 1e-5, 224 px); tiny: a small fast CPU model."
+_PRESET_HELP = ("paper: the reference paper's setup (wbcnet+SCAM, ImageNet, 100 epochs, batch 16, lr 1e-5, 224 px); "
+                "pbc: the shipped real-cell recipe (wbcnet-s at 64 px, --mpp 0.1, stain augmentation, glass white balance); "
+                "tiny: a small fast CPU model.")
 
 
 @app.command("train")

@@ -2,7 +2,7 @@
 
 ``paper`` is the reference paper's configuration (Table 3): wbcnet (ResNet50+DenseNet121) with SCAM,
 ImageNet-pretrained trunks, RAdam, lr 1e-5, batch 16, 100 epochs, mixup alpha 0.2, 224 px.
-``tiny`` is a small configuration for CPU demos and tests: wbcnet-tiny (ResNet18 + DenseNet121 cut
+``pbc`` trains the shipped real-cell model (``benchmarks/train_pbc.py``). ``tiny`` is a small configuration for CPU demos and tests: wbcnet-tiny (ResNet18 + DenseNet121 cut
 at stage 1, 128-channel fusion) from scratch at 64 px, with a larger learning rate because there are
 no pretrained weights offline, decayed to 0 along a cosine so a few epochs converge. Explicit options override the preset's values; when ``arch`` is
 overridden but ``img_size``/``attention`` are not, the architecture's own defaults are used.
@@ -38,6 +38,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "mixup_alpha": 0.2,
         "img_size": 64,
         "schedule": "cosine",
+    },
+    # The shipped real-cell model (benchmarks/train_pbc.py): PBC images at 0.1 um/px cut to the 24 um field,
+    # stain augmentation and glass white balance for other labs' scanners, a small paper-family model at 64 px.
+    "pbc": {
+        "arch": "wbcnet-s",
+        "attention": "scam",
+        "pretrained": "none",
+        "epochs": 12,
+        "batch_size": 32,
+        "lr": 3e-3,
+        "mixup_alpha": 0.2,
+        "img_size": 64,
+        "schedule": "cosine",
+        "mpp": 0.1,
+        "colour_aug": "stain",
+        "stain": "glass",
     },
 }
 
