@@ -10,7 +10,8 @@ from .app import app
 
 @app.command("export")
 def export_command(
-    model: Path = typer.Argument(..., help="A run directory, a .safetensors checkpoint, or an exported .onnx (to derive FP16/INT8/TensorRT from)."),
+    model: Path = typer.Argument(..., help="A run directory, a .safetensors checkpoint, an exported .onnx (to derive FP16/INT8/TensorRT "
+                                           "from), or a bundled model's name (default)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (model.onnx, model.fp16.onnx, ...) or a .onnx file name whose stem names the rest."),
     onnx: bool = typer.Option(True, "--onnx", help="FP32 ONNX (always written: every other format derives from it)."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write an FP16 ONNX model (float32 inputs/outputs) and report its agreement with FP32."),

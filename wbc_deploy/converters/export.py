@@ -157,9 +157,12 @@ def export_model(
     """
     opts = options or ExportOptions()
     say = step or (lambda _msg: None)
-    model_path = Path(model_path).expanduser()
+    from ..zoo import find_bundled, resolve_model, unknown_model_message
+
+    bundled = find_bundled(str(model_path)) if not Path(model_path).expanduser().exists() else None
+    model_path = resolve_model(model_path, "torch" if bundled is not None and bundled.weights.is_file() else None)
     if not model_path.exists():
-        raise WbcError(f"model not found: {model_path}")
+        raise WbcError(unknown_model_message(model_path))
     from .onnx_meta import EXPORTERS, MIN_OPSET
     from .quantize import QUANT_FORMATS
 
