@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prove the TensorRT path on a CUDA machine in one run (under 10 minutes on one GPU):
+# Prove the TensorRT path on a CUDA machine in one run (sized for 10 minutes on one GPU; not yet timed on one):
 #
 #   benchmarks/gpu_check.sh OUT [--find-links DIR] [--model RUN|MODEL.onnx] [--cuda 12|13]
 #                               [--seconds S] [--batch-sizes 1,16,64,256] [--n-cells N] [--no-bench]

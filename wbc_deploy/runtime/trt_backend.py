@@ -336,12 +336,16 @@ class TrtBackend(Backend):
         """Release device buffers, page-locked host buffers, streams, events and the engine. Safe to call twice."""
         if getattr(self, "_closed", True):
             return
+        from ..console import warn
+
         self._closed = True
-        self._ctx.push()
+        try:
+            self._ctx.push()
+        except Exception as exc:  # noqa: BLE001 - a dead context: nothing can be freed in it any more
+            warn(f"TensorRT backend for {self.model_path.name}: its CUDA context is gone ({type(exc).__name__}); buffers were not freed")
+            return
         failed = self._release()
         if failed:
-            from ..console import warn
-
             warn(f"TensorRT backend for {self.model_path.name}: could not free {', '.join(failed)}")
 
 
