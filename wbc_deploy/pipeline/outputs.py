@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..classes import COLOURS
+from ..classes import COLOURS, UNIDENTIFIED
 from .result import SlideResult, TruthComparison
 from ..files import AtomicWriter, atomic_write_text
 from .store import StoredCell
@@ -26,32 +26,46 @@ def cells_header(classes: list[str]) -> list[str]:
     """cells.csv columns: ``cell_id,x,y,area_um2,label,confidence`` then ``p_<class>`` per class.
 
     x, y: the cell's centroid in level-0 pixels, continuous (pixel (i, j) spans [i, i+1) x [j, j+1));
-    area_um2: the segmented cell (nucleus and cytoplasm); confidence: the probability of ``label``.
+    area_um2: the segmented cell (nucleus and cytoplasm); confidence: the (calibrated) top class probability,
+    the probability of ``label`` unless ``label`` is ``unidentified`` (confidence below the threshold).
     """
     return ["cell_id", "x", "y", "area_um2", "label", "confidence", *[f"p_{c}" for c in classes]]
 
 
 def summary_header(classes: list[str]) -> list[str]:
-    """summary.csv columns: required, counts, differential, timing/backend, then the extras."""
-    return [*REQUIRED_SUMMARY, *[f"n_{c}" for c in classes], *[f"pct_{c}" for c in classes], *SUMMARY_TAIL, *SUMMARY_EXTRAS]
+    """summary.csv columns: required, counts, differential, timing/backend, then the extras.
+
+    ``n_wbc`` is every WBC detected; ``n_unidentified`` those below the confidence threshold; ``n_counted``
+    the rest, the denominator of every ``pct_<class>``.
+    """
+    return [*REQUIRED_SUMMARY, *[f"n_{c}" for c in classes], "n_unidentified", "n_counted", *[f"pct_{c}" for c in classes],
+            *SUMMARY_TAIL, *SUMMARY_EXTRAS]
 
 
-def label_of(probs: list[float], classes: list[str]) -> tuple[str, float]:
-    """Predicted class (first maximum) and its probability."""
+def label_of(probs: list[float], classes: list[str], threshold: float | None = None) -> tuple[str, float]:
+    """Predicted class (first maximum) and its probability; ``unidentified`` when that is below ``threshold``."""
     i = int(np.argmax(probs))
-    return classes[i], float(probs[i])
+    conf = float(probs[i])
+    if threshold is not None and conf < threshold:
+        return UNIDENTIFIED, conf
+    return classes[i], conf
 
 
-def write_cells_csv(path: Path, cells: Iterable[StoredCell], classes: list[str]) -> tuple[dict[str, int], float | None]:
-    """Stream ``cells`` (in their final order) to ``path`` atomically, ids 1..n; returns (counts, mean confidence)."""
+def write_cells_csv(path: Path, cells: Iterable[StoredCell], classes: list[str],
+                    threshold: float | None = None) -> tuple[dict[str, int], float | None]:
+    """Stream ``cells`` (in their final order) to ``path`` atomically, ids 1..n; returns (counts, mean confidence).
+
+    ``counts`` has every class and ``unidentified`` (cells whose confidence is below ``threshold``).
+    """
     counts = {c: 0 for c in classes}
+    counts[UNIDENTIFIED] = 0
     conf_sum, n = 0.0, 0
     with AtomicWriter(path) as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(cells_header(classes))
         for cell in cells:
             n += 1
-            label, conf = label_of(cell.probs, classes)
+            label, conf = label_of(cell.probs, classes, threshold)
             counts[label] += 1
             conf_sum += conf
             w.writerow([n, f"{cell.x:.1f}", f"{cell.y:.1f}", f"{cell.area_um2:.2f}", label, f"{conf:.6f}",
@@ -64,7 +78,7 @@ def _rgb(colour: str) -> list[int]:
     return [int(h[i : i + 2], 16) for i in (0, 2, 4)]
 
 
-def write_geojson(path: Path, cells: Iterable[StoredCell], classes: list[str]) -> int:
+def write_geojson(path: Path, cells: Iterable[StoredCell], classes: list[str], threshold: float | None = None) -> int:
     """A GeoJSON FeatureCollection QuPath imports as detections (polygon outline, or a point if none).
 
     Each feature: ``properties.objectType = "detection"``, ``classification = {name, color: [r, g, b]}``,
@@ -74,7 +88,7 @@ def write_geojson(path: Path, cells: Iterable[StoredCell], classes: list[str]) -
     with AtomicWriter(path) as fh:
         fh.write('{"type":"FeatureCollection","features":[\n')
         for cell in cells:
-            label, conf = label_of(cell.probs, classes)
+            label, conf = label_of(cell.probs, classes, threshold)
             ring = [[float(x), float(y)] for x, y in cell.outline]
             if len(ring) >= 4:
                 geometry = {"type": "Polygon", "coordinates": [ring]}
@@ -113,6 +127,7 @@ def summary_row(r: SlideResult, classes: list[str]) -> list[str]:
     return [
         r.slide, r.status, " ".join(r.error.split()), str(r.n_wbc) if ok else "",
         *[str(r.counts.get(c, 0)) if ok else "" for c in classes],
+        str(r.n_unidentified) if ok else "", str(r.n_counted) if ok else "",
         *[f"{pct[c]:.2f}" if ok else "" for c in classes],
         _fmt(r.mean_confidence, 4) if ok else "", f"{r.seconds:.2f}" if r.seconds else "", r.backend,
         _fmt(r.mpp, 4), r.mpp_source, str(r.tiles_total) if r.tiles_total else "", str(r.tiles_scanned) if r.tiles_total else "",

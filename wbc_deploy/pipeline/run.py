@@ -19,6 +19,7 @@ from pathlib import Path
 from rich.progress import TextColumn
 
 from .. import __version__
+from ..classes import UNIDENTIFIED
 from ..console import make_progress, warn
 from ..errors import WbcError
 from ..files import output_folder, sha256_file
@@ -159,6 +160,7 @@ def finish_outputs(path: Path, name: str, reader, plan: ScanPlan, store: Progres
     """Assemble cells.csv (and GeoJSON, truth comparison, galleries) from the progress store."""
     opts = ctx.options
     classes = list(ctx.backend.card.classes)
+    threshold = opts.threshold_for(ctx.backend.card)
     out = ctx.out_dir
     xy: list[tuple[float, float]] = []
     labels: list[str] = []
@@ -166,7 +168,7 @@ def finish_outputs(path: Path, name: str, reader, plan: ScanPlan, store: Progres
 
     def cells():
         for i, (_, cell) in enumerate(store.iter_cells(), start=1):
-            label, conf = label_of(cell.probs, classes)
+            label, conf = label_of(cell.probs, classes, threshold)
             xy.append((cell.x, cell.y))
             labels.append(label)
             if collector is not None:
@@ -174,12 +176,12 @@ def finish_outputs(path: Path, name: str, reader, plan: ScanPlan, store: Progres
             yield cell
 
     cells_path = out / f"{name}.cells.csv"
-    counts, mean_conf = write_cells_csv(cells_path, cells(), classes)
+    counts, mean_conf = write_cells_csv(cells_path, cells(), classes, threshold)
     result.counts, result.mean_confidence = counts, mean_conf
     result.outputs["cells"] = cells_path
     if opts.geojson:
         gj = out / f"{name}.geojson"
-        write_geojson(gj, (c for _, c in store.iter_cells()), classes)
+        write_geojson(gj, (c for _, c in store.iter_cells()), classes, threshold)
         result.outputs["geojson"] = gj
     if opts.truth:
         tp = truth_path_for(path)
@@ -230,7 +232,7 @@ def result_from_row(row: dict[str, str], path: Path, classes: list[str]) -> Slid
             return None
 
     r = SlideResult(slide=row["slide"], path=path, status=STATUS_OK, backend=row.get("backend", ""),
-                    counts={c: num(f"n_{c}", int) or 0 for c in classes}, mean_confidence=num("mean_confidence"),
+                    counts={c: num(f"n_{c}", int) or 0 for c in [*classes, UNIDENTIFIED]}, mean_confidence=num("mean_confidence"),
                     seconds=num("seconds") or 0.0, mpp=num("mpp"), mpp_source=row.get("mpp_source", ""),
                     tiles_total=num("tiles_total", int) or 0, tiles_scanned=num("tiles_scanned", int) or 0,
                     previous_row=dict(row))
