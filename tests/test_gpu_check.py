@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import types
 from pathlib import Path
 
 import numpy as np
@@ -186,3 +187,26 @@ def test_check_on_a_cpu_machine_compares_nothing_and_claims_nothing(trained_run,
     assert rows["ort"]["status"] == "ok" and rows["trt"]["status"] != "ok"
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("gpu_check: no CUDA GPU") and "PROVEN:" not in last
+
+
+def test_card_temperature_is_applied_once_whichever_runner(tmp_path):
+    """A backend-wrapping runner (like the engine's) and a raw-session runner (like ORT's EPs) agree at T=2."""
+    import dataclasses
+
+    import onnxruntime as ort
+
+    from test_runtime_common import make_onnx, tiny_card
+    from wbc_deploy.bench.gpu_check import runner_probabilities
+    from wbc_deploy.runtime.ort_backend import OrtBackend
+
+    card = dataclasses.replace(tiny_card(), temperature=2.0)
+    path = make_onnx(tmp_path / "m.onnx", card)
+    batch = np.random.default_rng(0).normal(size=(10, 3, 16, 16)).astype(np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    raw = types.SimpleNamespace(predict=lambda b: sess.run(["probabilities"], {"images": b})[0])
+    with OrtBackend(path) as be:
+        wrapped = types.SimpleNamespace(predict=be.predict)
+        a = runner_probabilities(wrapped, batch, 4, card)
+        b = runner_probabilities(raw, batch, 4, card)
+    assert compare_probabilities(a, b, max_abs=1e-5).passed
+    assert not compare_probabilities(a, raw.predict(batch), max_abs=1e-5).passed  # T=2 really changes them

@@ -136,8 +136,19 @@ def gpu_present() -> tuple[bool, str]:
     return False, "no nvidia-smi listing a GPU, and PyTorch sees no CUDA device"
 
 
-def _predict_all(runner: Any, batch: np.ndarray, chunk: int) -> np.ndarray:
-    return np.concatenate([runner.predict(np.ascontiguousarray(batch[i : i + chunk])) for i in range(0, len(batch), chunk)])
+def runner_probabilities(runner: Any, batch: np.ndarray, chunk: int, card: Any) -> np.ndarray:
+    """``runner``'s probabilities for ``batch`` with the card's temperature applied exactly once.
+
+    Runners that wrap a runtime :class:`~wbc_deploy.runtime.base.Backend` (the native engine) apply it
+    already; raw ONNX Runtime sessions and PyTorch modules do not. Comparing one kind with the other
+    would fail a correct engine on any card whose temperature is not 1.
+    """
+    from ..runtime.base import Backend, apply_temperature
+
+    out = np.concatenate([runner.predict(np.ascontiguousarray(batch[i : i + chunk])) for i in range(0, len(batch), chunk)])
+    if isinstance(getattr(runner.predict, "__self__", None), Backend):
+        return out
+    return apply_temperature(out, getattr(card, "temperature", 1.0))
 
 
 def run_checks(args: argparse.Namespace, say: Any) -> dict[str, Any]:
@@ -162,7 +173,7 @@ def run_checks(args: argparse.Namespace, say: Any) -> dict[str, Any]:
     cells, desc = sample_batch(card, args.cells, n=args.n_cells, seed=7)
     ref_runner = build_runner("ort", artefacts, threads, tuned_settings(threads), max_batch)
     try:
-        ref = _predict_all(ref_runner, cells, 16)
+        ref = runner_probabilities(ref_runner, cells, 16, card)
     finally:
         ref_runner.close()
     n_ref = reference_classes(ref)
@@ -178,7 +189,7 @@ def run_checks(args: argparse.Namespace, say: Any) -> dict[str, Any]:
         runner = None
         try:
             runner = build_runner(name, artefacts, threads, tuned_settings(threads), max_batch)
-            probs = _predict_all(runner, cells, min(64, max_batch))
+            probs = runner_probabilities(runner, cells, min(64, max_batch), card)
         except Exception as exc:  # noqa: BLE001 - one backend failing must not hide the others
             checks.append(Check(name, "ERROR", str(exc) if isinstance(exc, WbcError) else first_line(exc)))
             continue
