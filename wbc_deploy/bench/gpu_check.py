@@ -151,6 +151,20 @@ def runner_probabilities(runner: Any, batch: np.ndarray, chunk: int, card: Any) 
     return apply_temperature(out, getattr(card, "temperature", 1.0))
 
 
+def resolve_model(ref: str) -> str:
+    """A path as given; a bundled model's name (``default``) -> its folder with torch weights, else its ONNX."""
+    if Path(ref).expanduser().exists():
+        return ref
+    try:
+        from ..zoo import find_bundled
+    except ImportError:
+        return ref
+    model = find_bundled(ref)
+    if model is None:
+        return ref
+    return str(model.folder if model.weights.is_file() else model.onnx)
+
+
 def run_checks(args: argparse.Namespace, say: Any) -> dict[str, Any]:
     """Reference + every GPU backend's comparison; returns the record written to ``gpu_check.json``."""
     from ..converters.images import sample_batch
@@ -238,7 +252,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     ap = argparse.ArgumentParser(prog="gpu_check", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path, help="folder for every file the check writes")
-    ap.add_argument("--model", required=True, help="a trained model: RUN directory, .safetensors or exported .onnx")
+    ap.add_argument("--model", required=True, help="a trained model: RUN directory, .safetensors, exported .onnx, or a bundled name (default)")
     ap.add_argument("--cells", type=Path, default=None, help="folder of check cells (default: synthetic cells)")
     ap.add_argument("--n-cells", type=int, default=200, help="check cells (default 200)")
     ap.add_argument("--batch-sizes", default="1,16,64,256", help="timed batch sizes; the largest is the engine's max batch")
@@ -247,6 +261,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     args.batch_sizes = parse_batch_sizes(args.batch_sizes)
+    args.model = resolve_model(args.model)
     if args.n_cells < 2:
         ap.error("--n-cells must be at least 2")
     return args
