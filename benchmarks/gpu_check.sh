@@ -22,7 +22,8 @@
 set -uo pipefail
 
 # The model checked when --model is not given. Empty: train one here (synth cells + `train --preset tiny`).
-# One-line switch once wbc_deploy/zoo ships the bundled model:  BUNDLED_MODEL=default
+# One-line switch once the package bundles a model (wbc_deploy/zoo/index.json names a default; `make pbc-model`
+# builds it): BUNDLED_MODEL=default   (resolved by wbc_deploy.bench.gpu_check through the zoo)
 BUNDLED_MODEL=""
 
 # NVIDIA's package index (the TensorRT wheels live there); WBC_NVIDIA_INDEX points at a mirror instead.
