@@ -4,7 +4,7 @@ Artefacts for ``--out DIR`` (or ``--out name.onnx``: the same names with that st
 
 * ``model.onnx``: FP32, always written (every other format derives from it);
 * ``model.fp16.onnx`` (``--fp16``), ``model.int8.onnx`` (``--int8 --calib DIR``);
-* ``model.engine`` + ``model.engine.json`` (``--trt``), and ``model.timing.cache`` reused by later builds;
+* ``model.engine`` + ``model.engine.json`` (``--trt``), and ``model.timing.<tensorrt>-<gpu>.cache`` reused by later builds on the same TensorRT and GPU;
 * ``model.export.json``: the artefact table and every comparison, for scripts and benchmarks.
 
 With ``--verify`` the FP32 model is staged under a temporary name, compared with PyTorch and moved into
