@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/wbc-deploy
 DEMO ?= demo-out
 
-.PHONY: setup test demo clean
+.PHONY: setup browser test demo clean
 
 setup: $(VENV)/.installed
 
@@ -14,7 +14,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[train,dev]'
 	touch $@
 
-test: setup
+# Headless Chromium from the system package manager for the browser tests (best effort: they skip without it).
+browser:
+	-@bash .ci/install_chromium.sh
+
+test: setup browser
 	$(PY) -m ruff check --quiet wbc_deploy tests benchmarks
 	$(PY) -m pytest -q
 

@@ -178,7 +178,7 @@ def _page(slide: str, data: dict, images: str) -> str:
     csp = f"default-src 'none'; img-src {img_src}; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     title = html.escape(f"{slide}: WBC review")
-    return (_TEMPLATE.replace("%CSP%", html.escape(csp, quote=True)).replace("%TITLE%", title)
+    return (_TEMPLATE.replace("%CSP%", html.escape(csp, quote=False)).replace("%TITLE%", title)
             .replace("%SLIDE%", html.escape(slide)).replace("%DATA%", payload).replace("%CSS%", _CSS).replace("%JS%", _JS))
 
 
