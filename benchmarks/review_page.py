@@ -73,7 +73,8 @@ def measure(browser, url: str) -> dict:
     ready = page.evaluate("window.wbcReviewReadyMs")
     images = page.evaluate("""() => new Promise(resolve => {
         const imgs = [...document.querySelectorAll('.cell img')].filter(i => i.getAttribute('src'));
-        Promise.all(imgs.map(i => i.decode().catch(() => null))).then(() => resolve([performance.now(), imgs.length]));
+        Promise.all(imgs.map(i => i.decode().catch(() => null)))
+          .then(() => resolve([performance.now(), imgs.length, imgs.filter(i => i.naturalWidth > 0).length]));
     })""")
     key = page.evaluate("""() => new Promise(resolve => {
         const t = performance.now();
@@ -82,6 +83,8 @@ def measure(browser, url: str) -> dict:
     })""")
     ok = page.evaluate("document.documentElement.dataset.corrected") is not None
     ctx.close()
+    if images[2] != images[1]:
+        raise SystemExit(f"{url}: only {images[2]} of {images[1]} thumbnails loaded")
     return {"ready_ms": ready, "wall_ms": wall, "images_ms": images[0], "images_requested": images[1], "key_ms": key, "ok": ok}
 
 

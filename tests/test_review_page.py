@@ -84,6 +84,27 @@ def _browser_or_skip():
     return sync_playwright
 
 
+@pytest.mark.parametrize("images", ["inline", "folder"])
+def test_thumbnails_load_lazily_from_a_file_url(tmp_path, images):
+    sync_playwright = _browser_or_skip()
+    rng = np.random.default_rng(1)
+    cells = [ReviewCell(i, CLASSES[i % 5], float(rng.uniform(0.3, 1))) for i in range(1, 401)]
+    thumbs = [encode_thumbnail(np.full((8, 8, 3), i % 255, np.uint8)) for i in range(len(cells))]
+    page_path = write_review_page(tmp_path / "s.review.html", "s", list(CLASSES), cells, iter(thumbs), images=images)
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 700})
+            page.goto(page_path.as_uri())
+            page.wait_for_selector("html[data-built='1']", state="attached", timeout=30000)
+            sizes = page.eval_on_selector_all(".cell img", """els => Promise.all(els.filter(i => i.getAttribute('src'))
+                .map(i => i.decode().then(() => i.naturalWidth, () => 0)))""")
+        finally:
+            browser.close()
+    assert 0 < len(sizes) < len(cells), "only the tiles near the viewport get their image"
+    assert set(sizes) == {80}
+
+
 @pytest.fixture(scope="module")
 def reviewed_slide(tmp_path_factory):
     root = tmp_path_factory.mktemp("review")
@@ -130,6 +151,11 @@ def test_reclassify_two_cells_with_the_keyboard_export_and_recount(reviewed_slid
                 changes[cid] = new
                 if step == 0:
                     page.keyboard.press("ArrowRight")  # skip one cell: it keeps its class
+            # a third key press, then back to that cell and Backspace: it gets its predicted class again
+            page.keyboard.press(keys[NOT_A_WBC])
+            assert page.evaluate("document.documentElement.dataset.corrected") == "3"
+            page.keyboard.press("ArrowLeft")
+            page.keyboard.press("Backspace")
             assert page.evaluate("document.documentElement.dataset.corrected") == "2"
             # the live differential: reviewed column of the table
             for lab in set(changes.values()):

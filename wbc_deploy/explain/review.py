@@ -340,9 +340,18 @@ _JS = r"""
     out.sort(function (a, b) { return a.cell_id - b.cell_id; });
     return out;
   }
+  // running counts, kept up to date by relabel(): a key press costs O(classes), not O(cells)
+  var counts = new Array(L.length).fill(0), changed = 0, saved = {};
+  for (var q = 0; q < n; q++) { counts[reviewed[q]]++; if (reviewed[q] !== D.label[q]) { changed++; saved[q] = reviewed[q]; } }
+  function relabel(i, li) {
+    if (reviewed[i] !== D.label[i]) changed--;
+    counts[reviewed[i]]--;
+    reviewed[i] = li;
+    counts[li]++;
+    if (li !== D.label[i]) { changed++; saved[i] = li; } else delete saved[i];
+    paint(i); renderDiff(); save();
+  }
   function renderDiff() {
-    var counts = new Array(L.length).fill(0), changed = 0;
-    for (var i = 0; i < n; i++) { counts[reviewed[i]]++; if (reviewed[i] !== D.label[i]) changed++; }
     var counted = n - counts[D.unidentified] - counts[D.not_a_wbc];
     var rows = [];
     L.forEach(function (name, li) {
@@ -361,9 +370,7 @@ _JS = r"""
   }
   function save() {
     try {
-      var s = {};
-      for (var i = 0; i < n; i++) if (reviewed[i] !== D.label[i]) s[i] = reviewed[i];
-      localStorage.setItem(storeKey, JSON.stringify(s));
+      localStorage.setItem(storeKey, JSON.stringify(saved));
     } catch (e) { /* ignore */ }
   }
 
@@ -383,9 +390,7 @@ _JS = r"""
   }
   function setLabel(li) {
     if (cur < 0) select(0);
-    var i = order[cur];
-    reviewed[i] = li;
-    paint(i); renderDiff(); save();
+    relabel(order[cur], li);
     if (cur < order.length - 1) select(cur + 1);
   }
   function cols() {
@@ -416,7 +421,7 @@ _JS = r"""
     else if (k === "ArrowUp") vertical(-1);
     else if (k === "Home") select(0);
     else if (k === "End") select(order.length - 1);
-    else if (k === "Backspace") { if (cur >= 0) { var i = order[cur]; reviewed[i] = D.label[i]; paint(i); renderDiff(); save(); } }
+    else if (k === "Backspace") { if (cur >= 0) relabel(order[cur], D.label[order[cur]]); }
     else if (k.length === 1 && keyOf.hasOwnProperty(k.toLowerCase())) setLabel(keyOf[k.toLowerCase()]);
     else return;
     ev.preventDefault();
