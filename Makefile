@@ -33,7 +33,7 @@ demo: setup
 	$(CLI) export $(DEMO)/run --out $(DEMO)/export --verify --int8 --calib $(DEMO)/cells --quiet
 	$(CLI) explain $(DEMO)/run $(DEMO)/test-cells/monocyte/monocyte_00000.png $(DEMO)/test-cells/neutrophil/neutrophil_00000.png --out $(DEMO)/explain --quiet
 	$(CLI) synth slide $(DEMO)/slide.svs --width 6144 --height 6144 --cells 300 --seed 0 --quiet
-	$(CLI) count $(DEMO)/slide.svs --model $(DEMO)/export/model.onnx --out $(DEMO)/count --truth --geojson --gallery
+	$(CLI) count $(DEMO)/slide.svs --model $(DEMO)/export/model.onnx --out $(DEMO)/count --truth --geojson --gallery --review
 	@echo
 	@echo "Demo outputs in $(DEMO)/:"
 	@echo "  run/                      checkpoint, card.json, history.csv, curves.png, confusion.png"
@@ -42,6 +42,7 @@ demo: setup
 	@echo "  explain/*.overlay.png     Grad-CAM overlays"
 	@echo "  count/slide.cells.csv     one row per WBC; count/summary.csv the differential"
 	@echo "  count/slide.report.html   slide report; count/slide.gallery.<class>.png per-class galleries"
+	@echo "  count/slide.review.html   review page: reclassify cells, export corrections for 'wbc-deploy recount'"
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -36,7 +36,7 @@ def print_recount(res, console) -> None:
     from ..classes import NOT_A_WBC, UNIDENTIFIED
     from ..console import per_input_table
 
-    table = per_input_table(f"{res.slide}: reviewed differential ({res.summary_path})", name_header="class")
+    table = per_input_table(f"{res.slide}: predicted vs reviewed", name_header="class")
     for col in ("predicted", "pred %", "reviewed", "rev %", "agreement"):
         table.add_column(col, justify="right", no_wrap=True)
     p_pct, r_pct = res.percentages(res.predicted), res.percentages(res.reviewed)
@@ -47,6 +47,7 @@ def print_recount(res, console) -> None:
         table.add_row(c, str(res.predicted.get(c, 0)), "", str(res.reviewed.get(c, 0)), "", "")
     console.print(table)
     agreement = "" if res.agreement is None else f"; preclassification agreement {100 * res.agreement:.1f}%"
-    note = "" if res.changed else " (already applied: nothing changed)"
+    note = (f"; updated {res.cells_path} and {res.summary_path}" if res.changed
+            else " (already applied: nothing changed)")
     ignored = f"; {res.ignored_features} non-detection objects ignored" if res.ignored_features else ""
-    console.print(f"{res.n_corrected} of {res.n_cells} cells reclassified{agreement}{ignored}{note}", highlight=False)
+    console.print(f"{res.n_corrected} of {res.n_cells} cells reclassified{agreement}{ignored}{note}", highlight=False, soft_wrap=True)
