@@ -195,6 +195,19 @@ def test_other_summary_columns_are_kept_and_wilson_intervals_recomputed(out, tmp
     assert list(rows(path)[0])[: len(fields)] == fields
 
 
+def test_a_resumed_count_keeps_the_review(out, tmp_path, results):
+    """`count --resume` re-emits finished slides' rows: the review columns and label_reviewed stay."""
+    corr = pick_corrections(rows(out / "smear.cells.csv"))
+    recount(out, write_json(tmp_path / "c.json", "smear", corr))
+    reviewed = summary_row(out)
+    cells = (out / "smear.cells.csv").read_bytes()
+    root = results.parent  # the fixture's model and slides
+    run = count_slides([root / "slides" / "smear.svs", root / "slides" / "other.svs"], root / "linear.onnx", out,
+                       CountOptions(quiet=True, tile_um=128.0, workers=2, geojson=True, confidence_threshold=0.7, resume=True))
+    assert run.exit_code == 0
+    assert summary_row(out) == reviewed and (out / "smear.cells.csv").read_bytes() == cells
+
+
 # --------------------------------------------------------------------------- QuPath's GeoJSON
 
 

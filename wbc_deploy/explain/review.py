@@ -281,7 +281,8 @@ _JS = r"""
 
   function tileHtml(o) {
     var i = order[o], li = reviewed[i], pl = D.label[i], changed = li !== pl, c = D.conf[i].toFixed(2);
-    var tip = "cell " + D.id[i] + ": " + L[pl] + " " + c + (D.alt[i] >= 0 ? "; next " + L[D.alt[i]] + " " + D.altp[i].toFixed(2) : "");
+    var tip = "cell " + D.id[i] + ": " + L[pl] + " " + c + (D.alt[i] >= 0 ? (pl === D.unidentified ? "; best guess " : "; next ") +
+      L[D.alt[i]] + " " + D.altp[i].toFixed(2) : "");
     return '<div class="cell' + (changed ? ' changed' : '') + '" id="cell-' + D.id[i] + '" data-i="' + i + '" data-o="' + o +
       '" title="' + esc(tip) + '" style="--c:' + D.colours[li] + '"><img alt="cell ' + D.id[i] + '" width="' + T + '" height="' + T +
       '"><span class="conf">' + c + '</span><span class="tag" style="background:' + D.colours[li] + '">' +

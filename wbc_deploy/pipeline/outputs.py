@@ -157,12 +157,20 @@ def summary_row(r: SlideResult, classes: list[str]) -> list[str]:
 
 
 def write_summary(path: Path, results: list[SlideResult], classes: list[str]) -> None:
-    """Rewrite summary.csv atomically with one row per slide."""
+    """Rewrite summary.csv atomically with one row per slide.
+
+    Columns a finished slide's earlier row has beyond :func:`summary_header` (``recount``'s review columns)
+    are kept after the others, so ``--resume`` does not drop a slide's review.
+    """
+    header = summary_header(classes)
+    kept = [r.previous_row for r in results if r.previous_row is not None and r.status == "ok"]
+    extra = list(dict.fromkeys(k for row in kept for k in row if k and k not in header))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(summary_header(classes))
+    w.writerow(header + extra)
     for r in results:
-        w.writerow(summary_row(r, classes))
+        prev = r.previous_row if r.previous_row is not None and r.status == "ok" else {}
+        w.writerow(summary_row(r, classes) + [prev.get(k, "") or "" for k in extra])
     atomic_write_text(path, buf.getvalue())
 
 
