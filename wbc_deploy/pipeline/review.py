@@ -37,12 +37,13 @@ def review_cell(cell_id: int, probs: Sequence[float], classes: Sequence[str], la
 
 def _thumbnails(reader, plan, xy: Sequence[tuple[float, float]], executor: Executor | None, px: int) -> Iterator[bytes]:
     from ..explain.review import encode_thumbnail
-    from .detect import read_crop
+    from .detect import crop_fill, read_crop
 
     crop = dataclasses.replace(plan.crop, input_size=int(px))
+    fill = crop_fill(reader, plan)
 
     def one(p: tuple[float, float]) -> bytes:
-        return encode_thumbnail(read_crop(reader, crop, p[0], p[1], plan.background), px)
+        return encode_thumbnail(read_crop(reader, crop, p[0], p[1], fill), px)
 
     threaded = isinstance(executor, ThreadPoolExecutor)
     for i in range(0, len(xy), CHUNK):
