@@ -149,11 +149,11 @@ class Runner:
 
 
 def _ort_runner(spec: BackendSpec, path: Any, settings: OrtSettings, providers: str, device: str,
-               trt_cache_dir: Any = None) -> Runner:
+               trt_cache_dir: Any = None, trt_options: dict[str, Any] | None = None) -> Runner:
     """Times :class:`~wbc_deploy.runtime.ort_backend.OrtBackend` itself: the object ``count`` predicts with."""
     from ..runtime.ort_backend import OrtBackend
 
-    backend = OrtBackend(path, providers=providers, settings=settings, trt_cache_dir=trt_cache_dir)
+    backend = OrtBackend(path, providers=providers, settings=settings, trt_cache_dir=trt_cache_dir, trt_options=trt_options)
     info = {"session": settings.to_dict(), "providers": backend.providers}
     return Runner(spec, backend.predict, info, str(path), device, backend.close)
 
@@ -207,8 +207,15 @@ def build_runner(name: str, artefacts: Artefacts, threads: int, ort_settings: Or
     if name == "ort-cuda":
         return _ort_runner(spec, artefacts.onnx_fp32(), ort_settings, "cuda,cpu", "cuda")
     if name == "ort-trt":  # FP16 kernels, engines cached beside the benchmark's artefacts
+        from ..converters.onnx_meta import INPUT_NAME
+
+        s = int(artefacts.source.card.input_size)
+        # One explicit profile over 1..max_batch: without it the TensorRT EP rebuilds its engine each time
+        # a larger batch arrives (minutes per benchmark on a GPU).
+        shapes = {k: f"{INPUT_NAME}:{b}x3x{s}x{s}" for k, b in (("min", 1), ("opt", max_batch), ("max", max_batch))}
+        profile = {f"trt_profile_{k}_shapes": v for k, v in shapes.items()}
         return _ort_runner(spec, artefacts.onnx_fp32(), ort_settings, "trt,cuda,cpu", "cuda",
-                           trt_cache_dir=artefacts._ensure_dir() / "ort-trt-cache")
+                           trt_cache_dir=artefacts._ensure_dir() / "ort-trt-cache", trt_options=profile)
     if name == "trt":
         from ..runtime.trt_backend import TrtBackend
 

@@ -145,6 +145,7 @@ def quantize_int8(
     quant_format: str = "qdq",
     per_channel: bool = True,
     activation_type: str = "uint8",
+    activation_symmetric: bool = False,
     bn_as_conv: bool = True,
     calibrate_method: str = "minmax",
     batch_size: int = 8,
@@ -155,7 +156,8 @@ def quantize_int8(
     The defaults are the measured CPU recipe (:class:`~wbc_deploy.converters.int8_cpu.Int8Recipe`):
     ``activation_type`` ``uint8`` (U8S8; ``int8`` gives S8S8), per-channel weights, and ``bn_as_conv``:
     stand-alone BatchNorms rewritten as depthwise 1x1 convolutions first
-    (:func:`~wbc_deploy.converters.int8_cpu.batchnorm_to_depthwise_conv`). Only ``op_types`` (default
+    (:func:`~wbc_deploy.converters.int8_cpu.batchnorm_to_depthwise_conv`). ``activation_symmetric`` forces
+    zero points of 0 (what TensorRT's explicit quantisation takes). Only ``op_types`` (default
     :data:`INT8_OP_TYPES`) are quantised; the Softmax that makes the probabilities output is never quantised
     (even if ``op_types`` names Softmax), so that output stays float32 at full resolution.
     """
@@ -231,7 +233,7 @@ def quantize_int8(
                 nodes_to_exclude=softmax,
                 op_types_to_quantize=op_types,
                 calibrate_method=methods[calibrate_method],
-                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+                extra_options={"ActivationSymmetric": bool(activation_symmetric), "WeightSymmetric": True},
             )
         except Exception as exc:  # noqa: BLE001
             raise WbcError(f"INT8 quantisation of {src} failed ({type(exc).__name__}: {exc})") from None
@@ -239,6 +241,7 @@ def quantize_int8(
     _restore_metadata(proto, card, f"int8-{fmt}")
     _save_atomic(proto, out)
     details.update({"format": fmt, "per_channel": per_channel, "activation_type": activation_type,
+                    "activation_symmetric": bool(activation_symmetric),
                     "calibration_images": int(calibration.shape[0]), "calibrate_method": calibrate_method})
     return QuantisedModel(out, "int8", time.perf_counter() - t0, details)
 

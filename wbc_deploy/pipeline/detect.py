@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import approximate_polygon, find_contours
 
-from ..slide.crop import read_field, read_level
+from ..slide.crop import REFLECT, read_field, read_level
 from ..segment import SegmentParams, segment_fields
 from ..segment.stain import apply_table, density_tables, estimate_background
 from .options import COARSE_AREA_UM2, COARSE_MAX_ECCENTRICITY, COARSE_MIN_SOLIDITY, COARSE_UNEXPLAINED_UM2
@@ -75,7 +75,13 @@ def read_at(reader, res: Resolution, box: tuple[int, int, int, int], fill=None) 
     return block_mean(rgb, f)
 
 
-def read_crop(reader, crop: CropGeometry, x: float, y: float, fill: tuple[float, float, float] | None) -> np.ndarray:
+def crop_fill(reader, plan: ScanPlan):
+    """What fills a crop beyond the image: the glass colour on a slide; a mirror image on a plain image
+    (a photographed field continues as smear beyond its edge), as in training with ``--mpp``."""
+    return REFLECT if getattr(reader, "vendor", "") in ("image", "array") else plan.background
+
+
+def read_crop(reader, crop: CropGeometry, x: float, y: float, fill) -> np.ndarray:
     """The square field of view centred on level-0 (x, y), resized to the model's input size (RGB uint8).
 
     (x, y) are continuous level-0 coordinates (pixel (i, j) spans [i, i+1) x [j, j+1)), as in cells.csv.
@@ -244,7 +250,7 @@ def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResu
     s = plan.crop.input_size
     images = np.empty((len(cells) if crops else 0, s, s, 3), np.uint8)
     for i in range(len(images)):
-        images[i] = read_crop(reader, plan.crop, cells[i].x, cells[i].y, plan.background)
+        images[i] = read_crop(reader, plan.crop, cells[i].x, cells[i].y, crop_fill(reader, plan))
     t3 = time.perf_counter()
     return TileResult(index=tile.index, cells=cells, crops=images, windows=len(slices), refined=len(refine),
                       seconds={"read": read_s, "detect": (t2 - t1) - (read_s - (t1 - t0)), "crop": t3 - t2})

@@ -114,6 +114,7 @@ class OrtBackend(Backend):
         device_id: GPU index for the CUDA/TensorRT EPs.
         settings: every session knob at once (:class:`~wbc_deploy.runtime.ort_options.OrtSettings`, what the
             benchmark times); when given, the five session arguments above are not used.
+        trt_options: extra TensorRT EP provider options (e.g. ``trt_profile_min_shapes``).
     """
 
     name = "ort"
@@ -131,6 +132,7 @@ class OrtBackend(Backend):
         trt_cache_dir: str | Path | None = None,
         device_id: int = 0,
         settings: OrtSettings | None = None,
+        trt_options: dict[str, Any] | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -156,7 +158,7 @@ class OrtBackend(Backend):
                                   "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)}
                 except OSError:
                     cache_opts = {}
-                provider_args.append((p, {"device_id": device_id, "trt_fp16_enable": bool(trt_fp16), **cache_opts}))
+                provider_args.append((p, {"device_id": device_id, "trt_fp16_enable": bool(trt_fp16), **cache_opts, **(trt_options or {})}))
             elif p == "CUDAExecutionProvider":
                 provider_args.append((p, {"device_id": device_id}))
             else:

@@ -29,10 +29,16 @@ def field_origin(x: float, y: float, side: int) -> tuple[int, int]:
     return int(math.floor(x - half + 0.5)), int(math.floor(y - half + 0.5))
 
 
-def read_level(reader, level: int, x: int, y: int, w: int, h: int, fill: Sequence[float] | None = None) -> np.ndarray:
+#: ``fill`` value that mirrors the image at its borders instead of painting a colour (plain images).
+REFLECT = "reflect"
+
+
+def read_level(reader, level: int, x: int, y: int, w: int, h: int, fill: Sequence[float] | str | None = None) -> np.ndarray:
     """RGB uint8 region of pyramid ``level`` at level pixels (x, y), size (w, h); outside the slide is ``fill``.
 
-    ``fill`` defaults to white glass. Only the part inside the slide is read.
+    ``fill`` is a glass colour (default white), or :data:`REFLECT` to mirror the image at its borders
+    (plain images: a field or crop photographed on its own continues beyond its edge as smear, not
+    as a coloured frame). Only the part inside the slide is read.
     """
     lw, lh = reader.level_dimensions[level]
     ds = float(reader.level_downsamples[level])
@@ -43,6 +49,13 @@ def read_level(reader, level: int, x: int, y: int, w: int, h: int, fill: Sequenc
         region = np.asarray(reader.read_region((int(round(x0 * ds)), int(round(y0 * ds))), level, (x1 - x0, y1 - y0)))
         if region.shape == (h, w, 3) and region.dtype == np.uint8:
             return region  # wholly inside the slide: no copy
+    if isinstance(fill, str):
+        if fill != REFLECT:
+            raise ValueError(f"fill must be a colour or {REFLECT!r}, got {fill!r}")
+        if region is not None:
+            pads = ((y0 - y, y + h - y1), (x0 - x, x + w - x1), (0, 0))
+            return np.pad(np.ascontiguousarray(region[..., :3]), pads, mode="symmetric")
+        fill = None
     out = np.empty((h, w, 3), np.uint8)
     out[:] = np.asarray(fill if fill is not None else (255, 255, 255), dtype=np.float64).round().astype(np.uint8)
     if region is not None:
@@ -51,7 +64,7 @@ def read_level(reader, level: int, x: int, y: int, w: int, h: int, fill: Sequenc
 
 
 def read_field(reader, level: int, downsample: float, side: int, size: int, x: float, y: float,
-               fill: Sequence[float] | None = None) -> np.ndarray:
+               fill: Sequence[float] | str | None = None) -> np.ndarray:
     """The ``side``-pixel square of ``level`` centred on level-0 (x, y), resized to ``size`` (RGB uint8).
 
     (x, y) are continuous level-0 coordinates, as in cells.csv.
@@ -99,19 +112,15 @@ class ArrayReader(SlideReader):
         return out
 
 
-def image_field(rgb: np.ndarray, mpp: float, fov_um: float, size: int, fill: Sequence[float] | None = None,
+def image_field(rgb: np.ndarray, mpp: float, fov_um: float, size: int, fill: Sequence[float] | str = REFLECT,
                 x: float | None = None, y: float | None = None) -> np.ndarray:
     """The model's view of a labelled cell image at ``mpp`` um/px: the ``fov_um`` square centred on (x, y)
-    (default: the image centre), padded with ``fill`` (default: the image's glass colour), resized to ``size``.
+    (default: the image centre), mirrored at the image's borders (or ``fill``), resized to ``size``.
 
-    This is ``count``'s crop (:func:`read_field` at level 0) applied to a plain image.
+    This is ``count``'s crop of a plain image (:func:`read_field` at level 0, mirrored borders).
     """
-    from ..segment.stain import estimate_background
-
     h, w = rgb.shape[:2]
     side = field_side(fov_um, mpp)
-    if fill is None and (side > w or side > h):
-        fill = estimate_background(rgb)
     cx = w / 2.0 if x is None else x
     cy = h / 2.0 if y is None else y
     return read_field(ArrayReader(rgb, mpp), 0, 1.0, side, int(size), cx, cy, fill)
