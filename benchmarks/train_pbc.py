@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from wbc_deploy.files import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SHIPPED_NAME = "wbcnet-s-pbc"
@@ -144,7 +146,7 @@ def write_markdown(res: dict, path: Path) -> None:
     s = res["throughput"]
     lines += ["", f"ONNX Runtime ({res['shipped_format']}), batch {s['batch']}: {s['cells_per_s']} cells/s on {s['threads']} cores.",
               "", res["credit"], ""]
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
                             for name, (folder, mpp) in cross.items()}
     res["throughput"] = throughput(shipped)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.tag}.json").write_text(json.dumps(res, indent=2) + "\n")
+    atomic_write_text(RESULTS / f"{args.tag}.json", json.dumps(res, indent=2) + "\n")
     write_markdown(res, RESULTS / f"{args.tag}.md")
     print((RESULTS / f"{args.tag}.md").read_text())
     if args.install:
@@ -246,7 +248,7 @@ def install(run: Path, shipped: Path, res: dict) -> None:
     onnx_card.training = {**onnx_card.training, "data_name": "PBC (CellaVision DM96)", "licence": "CC BY 4.0", "credit": PBC_CREDIT}
     onnx_card.metrics = {"test": res["pbc_test"], "cross_scanner": res["cross_scanner"], "throughput": res["throughput"]}
     onnx_card.to_json(dst / "card.json")
-    (ROOT / "wbc_deploy" / "zoo" / "index.json").write_text(json.dumps({"default": SHIPPED_NAME}, indent=2) + "\n")
+    atomic_write_text(ROOT / "wbc_deploy" / "zoo" / "index.json", json.dumps({"default": SHIPPED_NAME}, indent=2) + "\n")
     print(f"installed {dst} ({sum(p.stat().st_size for p in dst.iterdir()) / 1e6:.1f} MB)")
 
 
