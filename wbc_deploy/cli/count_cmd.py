@@ -8,8 +8,8 @@ import typer
 from .app import app
 
 _EPILOG = (
-    "Outputs in --out: <slide>.cells.csv (one row per WBC), summary.csv (one row per slide: counts, differential, "
-    "status), and with --geojson <slide>.geojson (QuPath detections), with --truth <slide>.truth_comparison.csv, with "
+    "Outputs in --out: <slide>.cells.csv (one row per WBC), summary.csv (one row per slide: counts, differential with "
+    "95% Wilson intervals, counting area, quality flags, status), and with --geojson <slide>.geojson (QuPath detections), with --truth <slide>.truth_comparison.csv, with "
     "--gallery <slide>.gallery.<class>.png and <slide>.report.html. "
     "Exit codes: 0 every slide counted; 2 bad model or options (nothing written); 3 some slides failed "
     "(status=error and the reason in summary.csv; the others were counted); 130 interrupted (rerun with --resume)."
