@@ -9,9 +9,10 @@ in --work), then:
 
 * zoning: :func:`wbc_deploy.pipeline.zones.zone_slide` against the designed zones, the share of the
   smear's area where they agree (target >= 90%), per zone too;
-* ``count`` of the monolayer (the default area), every WBC: wall seconds, tiles read, area read;
+* ``count --area all``, every WBC of the slide (the whole-slide count), and ``count`` of the monolayer
+  (the default area): wall seconds, tiles read, area read;
 * ``count --max-wbc N``, twice (1 and ``--workers`` workers): exactly N cells, byte-identical
-  cells.csv, and the fraction of the whole count's tiles, area and time it needed.
+  cells.csv, and the fraction of the whole-slide count's (and the monolayer count's) tiles, area and time.
 
 Without ``--model`` it writes a tiny linear ONNX classifier (mean colour -> 5 classes; tests/test_count.py's),
 so the figures are the scan's, not a real model's inference. Not a test: figures depend on the machine
@@ -52,7 +53,7 @@ def main() -> None:
 
     import numpy as np
 
-    from wbc_deploy.bench.machine import machine_info
+    from wbc_deploy.bench.machine import load_average, machine_info
     from wbc_deploy.card import ModelCard
     from wbc_deploy.classes import CLASSES
     from wbc_deploy.pipeline import CountOptions, count_slides
@@ -101,28 +102,34 @@ def main() -> None:
                 "area": s.area, "area_mm2": s.area_mm2, "wbc_per_mm2": s.wbc_per_mm2, "stopped_early": s.stopped_early,
                 "cells_csv": (out / f"{slide.stem}.cells.csv").read_bytes()}
 
+    whole = count("all", workers=args.workers, area="all")
     full = count("full", workers=args.workers)
     short = count("max", workers=args.workers, max_wbc=args.max_wbc)
     again = count("max-1worker", workers=1, max_wbc=args.max_wbc)
     identical = short["cells_csv"] == again["cells_csv"]
-    for r in (full, short, again):
+    for r in (whole, full, short, again):
         r.pop("cells_csv")
     result = {
         "slide": {"width": args.width, "height": args.height, "mpp": args.mpp, "cells": args.cells, "seed": args.seed,
                   "zones": "SmearZones() defaults"},
         "model": str(model) if args.model else "tiny linear ONNX (tests/test_count.py)",
-        "zoning": zoning, "full": full, "max_wbc": {"n": args.max_wbc, **short},
+        "zoning": zoning, "whole_slide": whole, "monolayer": full, "max_wbc": {"n": args.max_wbc, **short},
         "max_wbc_deterministic_across_workers": identical,
-        "fraction": {"tiles": short["tiles_scanned"] / full["tiles_scanned"], "area": short["area_mm2"] / full["area_mm2"],
-                     "time": short["wall_s"] / full["wall_s"]},
-        "machine": machine,
+        "fraction_of_whole_slide": {"tiles": short["tiles_scanned"] / whole["tiles_scanned"],
+                                    "area": short["area_mm2"] / whole["area_mm2"], "time": short["wall_s"] / whole["wall_s"]},
+        "fraction_of_monolayer": {"tiles": short["tiles_scanned"] / full["tiles_scanned"],
+                                  "area": short["area_mm2"] / full["area_mm2"], "time": short["wall_s"] / full["wall_s"]},
+        "machine": machine, "load_avg_1m_end": load_average(),
     }
-    f = result["fraction"]
-    print(f"count of the monolayer: {full['n_wbc']} WBCs, {full['tiles_scanned']} tiles, {full['area_mm2']:.2f} mm2, "
-          f"{full['wall_s']:.1f} s")
+    for name, r in (("whole slide (--area all)", whole), ("monolayer (default)", full)):
+        print(f"count of the {name}: {r['n_wbc']} WBCs, {r['tiles_scanned']} of {r['tiles_total']} tiles, "
+              f"{r['area_mm2']:.2f} mm2, {r['wall_s']:.1f} s")
+    f, g = result["fraction_of_whole_slide"], result["fraction_of_monolayer"]
     print(f"--max-wbc {args.max_wbc}: {short['n_wbc']} WBCs (stopped early: {short['stopped_early']}), "
-          f"{short['tiles_scanned']} tiles ({100 * f['tiles']:.0f}%), {short['area_mm2']:.2f} mm2 ({100 * f['area']:.0f}%), "
-          f"{short['wall_s']:.1f} s ({100 * f['time']:.0f}% of the whole count); byte-identical with 1 worker: {identical}")
+          f"{short['tiles_scanned']} tiles, {short['area_mm2']:.2f} mm2, {short['wall_s']:.1f} s: of the whole-slide count "
+          f"{100 * f['tiles']:.0f}% of the tiles, {100 * f['area']:.0f}% of the area, {100 * f['time']:.0f}% of the time; "
+          f"of the monolayer count {100 * g['tiles']:.0f}%, {100 * g['area']:.0f}%, {100 * g['time']:.0f}%; "
+          f"byte-identical with 1 worker: {identical}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)) + "\n")
     print(f"wrote {args.out}")
