@@ -19,7 +19,8 @@ _EPILOG = (
 @app.command("count", epilog=_EPILOG)
 def count_command(
     inputs: list[Path] = typer.Argument(..., help="Slides, images, or folders (searched recursively for known extensions)."),
-    model: Path = typer.Option(..., "--model", "-m", help="Exported .onnx model, TensorRT .engine, or a training RUN directory."),
+    model: str = typer.Option("default", "--model", "-m", help="Exported .onnx model, TensorRT .engine, a training RUN directory, "
+                                                               "or a bundled model's name (see `wbc-deploy models`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     backend: str = typer.Option(None, "--backend", help="ort, trt or torch (default: from the model file's type)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Cell crops per inference batch."),

@@ -396,7 +396,10 @@ def count_slides(inputs, model: str | Path, out_dir: str | Path, options: CountO
         classes = list(backend.card.classes)
         summary_path = out / SUMMARY_NAME
         previous = _previous_rows(summary_path) if options.resume else {}
-        model_sha = sha256_file(model) if Path(model).exists() else str(model)
+        from ..zoo import resolve_model
+
+        resolved = resolve_model(model, options.backend)
+        model_sha = sha256_file(resolved) if resolved.exists() else str(model)
         settings_sha = settings_hash(options.result_settings())
         results: list[SlideResult] = []
         names: dict[str, Path] = {}
