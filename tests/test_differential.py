@@ -227,7 +227,7 @@ def test_summary_has_wilson_intervals_for_every_class(zoned_counts, root):
 def test_cli_prints_intervals_area_and_flags(small, model, root, capsys):
     main(["count", str(small), "--model", str(model), "--out", str(root / "cli"), "--max-wbc", "5", "--workers", "1"])
     out = capsys.readouterr().out
-    assert "95% interval below" in out and "counted" in out
+    assert "95% Wilson intervals" in out and "counted" in out
     assert "small: counted in all of the smear: no monolayer found" in out
     assert "stopped at 5 WBCs (--max-wbc)" in out and "of tiles out of focus" in out
     s = rows(root / "cli" / "summary.csv")[0]

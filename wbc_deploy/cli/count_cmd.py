@@ -69,18 +69,23 @@ def print_run(run, console) -> None:
     from ..console import per_input_table
 
     classes = run.classes
-    table = per_input_table(f"WBC differential ({run.summary_path}); % of counted WBCs, 95% interval below")
+    table = per_input_table(f"WBC differential ({run.summary_path})")
     table.add_column("status", no_wrap=True)
-    for header in ("WBCs", "counted", *[f"{SHORT.get(c, c)} %" for c in classes], "unid", "conf", "s", "mpp"):
+    for header in ("WBCs", *[f"{SHORT.get(c, c)} %" for c in classes], "unid", "conf", "s", "mpp"):
         table.add_column(header, justify="right", no_wrap=True)
+    intervals = per_input_table("95% Wilson intervals (% of the counted WBCs)")
+    for header in ("counted", *[f"{SHORT.get(c, c)} %" for c in classes]):
+        intervals.add_column(header, justify="right", no_wrap=True)
     for r in run.slides:
         ok = r.status == "ok"
         pct = r.percentages(classes)
-        ci = r.intervals(classes)
         status = {"ok": "[green]ok[/green]", "error": "[red]error[/red]"}.get(r.status, f"[yellow]{r.status}[/yellow]")
+        if ok:
+            ci = r.intervals(classes)
+            intervals.add_row(r.slide, str(r.n_counted), *[f"{_num(ci[c][0])}-{_num(ci[c][1])}" if ci[c] else "" for c in classes])
         table.add_row(
-            r.slide, status, str(r.n_wbc) if ok else "", str(r.n_counted) if ok else "",
-            *[(f"{pct[c]:.1f}" + (f"\n[dim]{ci[c][0]:.1f}-{ci[c][1]:.1f}[/dim]" if ci[c] else "")) if ok else "" for c in classes],
+            r.slide, status, str(r.n_wbc) if ok else "",
+            *[f"{pct[c]:.1f}" if ok else "" for c in classes],
             str(r.n_unidentified) if ok else "",
             f"{r.mean_confidence:.3f}" if ok and r.mean_confidence is not None else "",
             f"{r.seconds:.1f}" if r.seconds else "",
@@ -89,6 +94,8 @@ def print_run(run, console) -> None:
     console.print(table)
     if any(r.mpp_source == "estimated" for r in run.slides):
         console.print("* microns per pixel estimated from red cells", highlight=False)
+    if intervals.row_count:
+        console.print(intervals)
     for r in run.slides:
         if r.status == "ok":
             console.print(f"{r.slide}: {area_line(r)}", highlight=False, soft_wrap=True)
@@ -122,3 +129,8 @@ def area_line(r) -> str:
     if r.unidentified_rate is not None:
         parts.append(f"{100 * r.unidentified_rate:.1f}% unidentified")
     return "; ".join(parts)
+
+
+def _num(v: float) -> str:
+    """A percentage with one decimal, without a trailing .0 (100, 4.8)."""
+    return f"{v:.1f}".removesuffix(".0")
