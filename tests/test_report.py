@@ -149,7 +149,7 @@ def test_report_tints_the_zones_and_lists_the_count_and_quality_facts(tmp_path):
     page = _Collect()
     page.feed(path.read_text())
     shown = {r[0]: r[1] for r in page.rows if r and len(r) == 2}
-    assert shown["WBCs counted (the differential's denominator)"] == "120"
+    assert shown["WBCs counted (denominator)"] == "120"
     assert shown["counting area"].startswith("the monolayer") and shown["area counted (mm2)"] == "0.45"
     assert shown["tiles out of focus"] == "25.0%" and shown["unidentified rate"] == "7.7%"
     assert "--max-wbc" not in shown  # None values are left out

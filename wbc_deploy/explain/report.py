@@ -248,8 +248,8 @@ def write_slide_report(
 
 
 _FACT_LABELS = {
-    "n_wbc": "WBCs detected", "n_counted": "WBCs counted (the differential's denominator)",
-    "n_unidentified": "unidentified (below the confidence threshold)", "unidentified_rate": "unidentified rate",
+    "n_wbc": "WBCs detected", "n_counted": "WBCs counted (denominator)",
+    "n_unidentified": "unidentified (low confidence)", "unidentified_rate": "unidentified rate",
     "area": "counting area", "area_mm2": "area counted (mm2)", "wbc_per_mm2": "WBCs per mm2",
     "max_wbc": "--max-wbc", "stopped_early": "stopped at --max-wbc", "out_of_focus_fraction": "tiles out of focus",
 }
