@@ -11,6 +11,10 @@ CLASSES: tuple[str, ...] = ("basophil", "eosinophil", "lymphocyte", "monocyte", 
 #: differential's denominator.
 UNIDENTIFIED = "unidentified"
 
+#: The reviewed label of a detection a technologist rejects (debris, a smudge cell, a giant platelet): it
+#: leaves the WBC count altogether (``recount``; never predicted by a model).
+NOT_A_WBC = "not_a_wbc"
+
 #: One-letter codes used by the paper's tables (B, E, L, M, N).
 SHORT: dict[str, str] = {c: c[0].upper() for c in CLASSES}
 
@@ -22,6 +26,7 @@ COLOURS: dict[str, str] = {
     "monocyte": "#33a02c",
     "neutrophil": "#e31a1c",
     UNIDENTIFIED: "#808080",
+    NOT_A_WBC: "#222222",
 }
 
 _ALIASES: dict[str, str] = {

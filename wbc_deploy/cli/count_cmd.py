@@ -9,8 +9,9 @@ from .app import app
 
 _EPILOG = (
     "Outputs in --out: <slide>.cells.csv (one row per WBC), summary.csv (one row per slide: counts, differential with "
-    "95% Wilson intervals, counting area, quality flags, status), and with --geojson <slide>.geojson (QuPath detections), with --truth <slide>.truth_comparison.csv, with "
-    "--gallery <slide>.gallery.<class>.png and <slide>.report.html. "
+    "95% Wilson intervals, counting area, quality flags, status), and with --geojson <slide>.geojson (QuPath detections), "
+    "with --truth <slide>.truth_comparison.csv, with --gallery <slide>.gallery.<class>.png and <slide>.report.html, with "
+    "--review <slide>.review.html. "
     "Exit codes: 0 every slide counted; 2 bad model or options (nothing written); 3 some slides failed "
     "(status=error and the reason in summary.csv; the others were counted); 130 interrupted (rerun with --resume)."
 )
@@ -32,6 +33,8 @@ def count_command(
     geojson: bool = typer.Option(False, "--geojson", help="Also write <slide>.geojson (QuPath detections with class and outline)."),
     gallery: bool = typer.Option(False, "--gallery", help="Also write per-class review galleries and a slide report."),
     gallery_k: int = typer.Option(16, "--gallery-k", help="Cells per gallery section (most and least confident)."),
+    review: bool = typer.Option(False, "--review", help="Also write <slide>.review.html: every counted cell to confirm or "
+                                "reclassify in a browser; its exported corrections go to `wbc-deploy recount`."),
     confidence_threshold: float = typer.Option(None, "--confidence-threshold", help="Label cells below this calibrated "
                                                 "confidence 'unidentified' (left out of the differential; default: the model card's; 0: off)."),
     max_wbc: int = typer.Option(None, "--max-wbc", help="Count the first N WBCs in a meander over the counting area, "
@@ -49,7 +52,7 @@ def count_command(
     options = CountOptions(
         backend=backend, batch_size=batch_size, workers=workers if workers is not None else default_workers(),
         executor=executor, mpp=mpp, resume=resume, geojson=geojson, gallery=gallery, gallery_k=gallery_k,
-        truth=truth, quiet=quiet, confidence_threshold=confidence_threshold, max_wbc=max_wbc, area=area,
+        review=review, truth=truth, quiet=quiet, confidence_threshold=confidence_threshold, max_wbc=max_wbc, area=area,
     )
     run = count_slides(inputs, model, out, options)
     if not quiet:

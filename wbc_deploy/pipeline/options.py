@@ -70,6 +70,8 @@ class CountOptions:
     geojson: bool = False
     gallery: bool = False
     gallery_k: int = GALLERY_K
+    #: Write ``<slide>.review.html``: every counted cell's crop, to confirm or reclassify (``recount``).
+    review: bool = False
     truth: bool = False
     quiet: bool = False
     detect_mpp: float = DETECT_MPP

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import itertools
 import json
+import shutil
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack
@@ -36,6 +37,7 @@ from .outputs import SUMMARY_NAME, label_of, write_cells_csv, write_geojson, wri
 from .plan import ScanPlan, Tile, plan_scan, thumbnail_size, tissue_mask
 from .quality import out_of_focus_fraction
 from .reading import meander
+from .review import review_cell, write_review
 from .result import STATUS_ERROR, STATUS_INTERRUPTED, STATUS_OK, STATUS_PENDING, RunResult, SlideResult
 from .scale import resolve_mpp, thumbnail
 from .store import ProgressStore, settings_hash, slide_identity
@@ -70,10 +72,11 @@ class RunContext:
 
 def remove_outputs(out_dir: Path, name: str) -> None:
     """Delete a slide's previous outputs so a failed recount never leaves stale files that look complete."""
-    files = [out_dir / f"{name}{suffix}" for suffix in (".cells.csv", ".geojson", ".truth_comparison.csv", ".report.html")]
-    for f in [*files, *out_dir.glob(f"{name}.gallery.*.png")]:
+    suffixes = (".cells.csv", ".geojson", ".truth_comparison.csv", ".report.html", ".review.html")
+    for f in [*(out_dir / f"{name}{suffix}" for suffix in suffixes), *out_dir.glob(f"{name}.gallery.*.png")]:
         if f.is_file() or f.is_symlink():  # a folder of that name is not ours: writing over it fails the slide
             f.unlink(missing_ok=True)
+    shutil.rmtree(out_dir / f"{name}.review", ignore_errors=True)
 
 
 def count_slide(path: Path, ctx: RunContext, result: SlideResult) -> SlideResult:
@@ -217,6 +220,7 @@ def finish_outputs(path: Path, name: str, reader, plan: ScanPlan, store: Progres
     xy: list[tuple[float, float]] = []  # every cell read (truth comparison)
     labels: list[str] = []
     collector = GalleryCollector(opts.gallery_k) if opts.gallery else None
+    review_cells: list = []
 
     def first_cells():
         for i, (_, cell) in enumerate(store.iter_cells(), start=1):
@@ -227,6 +231,8 @@ def finish_outputs(path: Path, name: str, reader, plan: ScanPlan, store: Progres
                 continue
             if collector is not None:
                 collector.add(i, label, conf, cell.x, cell.y)
+            if opts.review:
+                review_cells.append(review_cell(i, cell.probs, classes, label, conf))
             yield cell
 
     cells_path = out / f"{name}.cells.csv"
@@ -234,9 +240,10 @@ def finish_outputs(path: Path, name: str, reader, plan: ScanPlan, store: Progres
     result.counts, result.mean_confidence = counts, mean_conf
     result.unidentified_rate = (result.n_unidentified / result.n_wbc if result.n_wbc else 0.0) if threshold else None
     result.outputs["cells"] = cells_path
+    n_first = len(xy) if limit is None else min(limit, len(xy))  # xy holds every cell read; outputs the first n
     if opts.geojson:
         gj = out / f"{name}.geojson"
-        write_geojson(gj, itertools.islice((c for _, c in store.iter_cells()), limit), classes, threshold)
+        write_geojson(gj, itertools.islice((c for _, c in store.iter_cells()), limit), classes, threshold, slide=name)
         result.outputs["geojson"] = gj
     if opts.truth:
         tp = truth_path_for(path)
@@ -254,14 +261,20 @@ def finish_outputs(path: Path, name: str, reader, plan: ScanPlan, store: Progres
                 result.outputs["truth"] = cmp_path
         else:
             warn(f"{name}: --truth given but there is no {tp.name} beside the slide")
+    if opts.review:
+        try:
+            result.outputs["review"] = write_review(out, name, reader, plan, review_cells, xy[:n_first], classes,
+                                                     ctx.executor)
+        except Exception as exc:  # noqa: BLE001 - a review aid must never cost the counts already written
+            warn(f"{name}: review page not written ({type(exc).__name__}: {' '.join(str(exc).split())})")
     if collector is not None:
         try:
             settings = {"model": str(ctx.backend.model_path), "model_sha256": ctx.model_sha256,
                         "wbc_deploy": __version__, "backend": ctx.backend.name, "mpp": result.mpp,
                         "mpp_source": result.mpp_source, "detection_mpp": round(plan.detect.mpp, 4),
                         "refine_mpp": round(plan.refine.mpp, 4), "fov_um": plan.crop.fov_um}
-            n = len(xy) if limit is None else min(limit, len(xy))
-            result.outputs.update(write_gallery(ctx.out_dir, name, reader, plan, collector, counts, classes, xy[:n], labels[:n],
+            result.outputs.update(write_gallery(ctx.out_dir, name, reader, plan, collector, counts, classes, xy[:n_first],
+                                                labels[:n_first],
                                                 settings, review=review_facts(result, area)))
         except Exception as exc:  # noqa: BLE001 - review material is part of what --gallery promises
             why = str(exc) if isinstance(exc, WbcError) else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
