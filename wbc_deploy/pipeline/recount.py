@@ -323,7 +323,7 @@ def recount(out_dir: str | Path, corrections: str | Path, slide: str | None = No
         upd[f"pct_{c}"] = f"{100.0 * reviewed[c] / n_counted:.2f}" if n_counted else "0.00"
         upd[f"agreement_{c}"] = _fmt(by_class[c])
     upd.update(_wilson_columns(s_fields, classes, reviewed, n_counted))
-    upd.update(_rate_columns(row, n_wbc, reviewed[UNIDENTIFIED], reviewed[NOT_A_WBC]))
+    upd.update(_rate_columns(row, n_wbc, reviewed[UNIDENTIFIED]))
     new_s_fields = list(s_fields)
     for col in [*REVIEW_COLUMNS, *[f"agreement_{c}" for c in classes]]:
         if col not in new_s_fields:
@@ -359,15 +359,9 @@ def _wilson_columns(fields: list[str], classes: list[str], counts: dict[str, int
     return out
 
 
-def _rate_columns(row: dict[str, str], n_wbc: int, n_unidentified: int, n_not_a_wbc: int) -> dict[str, str]:
-    """``unidentified_rate`` and ``wbc_per_mm2`` of a reviewed row, where the counted row has them."""
-    out = {}
-    if row.get("unidentified_rate"):
-        out["unidentified_rate"] = f"{n_unidentified / n_wbc:.4f}" if n_wbc else "0.0000"
-    try:
-        area, density = float(row.get("area_mm2") or 0), float(row.get("wbc_per_mm2") or "nan")
-    except ValueError:
-        return out
-    if area > 0 and density == density:  # cells reviewed as not a WBC leave the density
-        out["wbc_per_mm2"] = f"{max(0.0, density - n_not_a_wbc / area):.2f}"
-    return out
+def _rate_columns(row: dict[str, str], n_wbc: int, n_unidentified: int) -> dict[str, str]:
+    """``unidentified_rate`` of a reviewed row, where the counted row has one (``wbc_per_mm2`` stays the count's:
+    it is the density of the detections, including those past ``--max-wbc``, which cells.csv does not hold)."""
+    if not row.get("unidentified_rate"):
+        return {}
+    return {"unidentified_rate": f"{n_unidentified / n_wbc:.4f}" if n_wbc else "0.0000"}
