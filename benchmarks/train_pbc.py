@@ -246,8 +246,22 @@ def install(run: Path, shipped: Path, res: dict) -> None:
     onnx_card.training = {**onnx_card.training, "data_name": "PBC (CellaVision DM96)", "licence": "CC BY 4.0", "credit": PBC_CREDIT}
     onnx_card.metrics = {"test": res["pbc_test"], "cross_scanner": res["cross_scanner"], "throughput": res["throughput"]}
     onnx_card.to_json(dst / "card.json")
+    write_zoo_readme(dst, onnx_card, res)
     (ROOT / "wbc_deploy" / "zoo" / "index.json").write_text(json.dumps({"default": SHIPPED_NAME}, indent=2) + "\n")
     print(f"installed {dst} ({sum(p.stat().st_size for p in dst.iterdir()) / 1e6:.1f} MB)")
+
+
+def write_zoo_readme(dst: Path, card, res: dict) -> None:
+    """The bundled model's README: what it is, its PBC test figures and the CC BY 4.0 attribution."""
+    t = res["pbc_test"]
+    (dst / "README.md").write_text(
+        f"# {SHIPPED_NAME}\n\nThe bundled default model of wbc-deploy: `{card.arch}` at {card.input_size} px over a "
+        f"{card.fov_um:g} um field, trained from scratch by `benchmarks/train_pbc.py` (seed 0) on the PBC images at 0.1 um/px.\n"
+        f"PBC test split: OA {t['OA']:.4f}, AF1 {t['AF1']:.4f} ({t['n']} cells); other scanners: see card.json `metrics` and "
+        "benchmarks/results/pbc.md.\n\n"
+        f"Files: `model.onnx` (INT8, model card in its metadata), `card.json`, `model.safetensors` (float16 weights for "
+        "`train --init`).\n\nTrained on data licensed CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/):\n"
+        f"{PBC_CREDIT}.\n")
 
 
 if __name__ == "__main__":
