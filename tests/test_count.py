@@ -31,11 +31,13 @@ MATCH_PX = 5.0 / MPP
 SMALL_TILES = 128.0
 
 
-def write_linear_model(path, input_size: int = 32, seed: int = 5):
-    """A tiny real ONNX classifier with a wbc-deploy model card: mean colour -> 5 class probabilities."""
+def write_linear_model(path, input_size: int = 32, seed: int = 5, bias: dict[str, float] | None = None):
+    """A tiny real ONNX classifier with a wbc-deploy model card: mean colour -> 5 class probabilities.
+
+    ``bias``: logit offsets per class (a large one makes every cell that class)."""
     rng = np.random.default_rng(seed)
     w = rng.normal(0, 8, (3, len(CLASSES))).astype(np.float32)
-    b = np.zeros(len(CLASSES), np.float32)
+    b = np.array([float((bias or {}).get(c, 0.0)) for c in CLASSES], np.float32)
     graph = helper.make_graph(
         [helper.make_node("GlobalAveragePool", ["images"], ["pooled"]),
          helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),

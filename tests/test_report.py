@@ -136,3 +136,36 @@ def test_report_refuses_bad_inputs(tmp_path):
     with pytest.raises(WbcError, match="negative"):
         write_slide_report(tmp_path / "r.png", slide="s", counts={"neutrophil": -1})
     assert not list(tmp_path.iterdir())
+
+
+def test_report_tints_the_zones_and_lists_the_count_and_quality_facts(tmp_path):
+    thumb, xy, names, counts = _slide()
+    zones = np.zeros((30, 40), np.uint8)
+    zones[5:25, 2:12], zones[5:25, 12:28], zones[5:25, 28:38] = 1, 2, 3  # thick, monolayer, sparse
+    facts = {"n_wbc": 130, "n_counted": 120, "area": "the monolayer, 0.45 mm2 (default: monolayer found)",
+             "area_mm2": 0.4511, "max_wbc": None, "out_of_focus_fraction": 0.25, "unidentified_rate": 10 / 130}
+    path = write_slide_report(tmp_path / "zones.html", slide="s", counts=counts, thumbnail=thumb, downsample=100.0,
+                              cell_xy=xy, cell_labels=list(names), zones=zones, facts=facts)
+    page = _Collect()
+    page.feed(path.read_text())
+    shown = {r[0]: r[1] for r in page.rows if r and len(r) == 2}
+    assert shown["WBCs counted (denominator)"] == "120"
+    assert shown["counting area"].startswith("the monolayer") and shown["area counted (mm2)"] == "0.45"
+    assert shown["tiles out of focus"] == "25.0%" and shown["unidentified rate"] == "7.7%"
+    assert "--max-wbc" not in shown  # None values are left out
+    tinted = write_slide_report(tmp_path / "zones.png", slide="s", counts=counts, thumbnail=thumb, downsample=100.0, zones=zones)
+    plain = write_slide_report(tmp_path / "plain.png", slide="s", counts=counts, thumbnail=thumb, downsample=100.0)
+    with Image.open(tinted) as a, Image.open(plain) as b:
+        assert (np.asarray(a.convert("RGB")) != np.asarray(b.convert("RGB"))).any()
+    with pytest.raises(WbcError, match="zone map"):
+        write_slide_report(tmp_path / "bad.png", slide="s", counts=counts, zones=np.zeros((2, 2, 2)))
+
+
+def test_one_class_report_has_no_negative_error_bar(tmp_path):
+    """Issue 17: every counted cell one class (k == n) used to give an upper bound below the estimate."""
+    for n in (4, 10, 14, 19, 24, 29, 33, 34, 44, 45, 50, 51, 58, 59):
+        rows = differential({"neutrophil": n, "lymphocyte": 0})
+        assert rows[0].ci_high == 100.0 and rows[0].ci_low < rows[0].percent == 100.0
+    path = write_slide_report(tmp_path / "one.png", slide="s", counts={"neutrophil": 59, "lymphocyte": 0})
+    with Image.open(path) as im:
+        im.verify()

@@ -13,6 +13,7 @@ from wbc_deploy.cli import main
 from wbc_deploy.errors import WbcError
 from wbc_deploy.slide import open_slide
 from wbc_deploy.slide.synth import (
+    SmearZones,
     allocate_classes,
     build_slide_scene,
     pyramid_sizes,
@@ -150,6 +151,27 @@ def test_synth_slide_cli(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and "\n" not in err and match in err, err
     assert not (tmp_path / "y.svs").exists()
+
+
+def test_zoned_slide_cli_and_zone_layout(tmp_path, capsys):
+    out = tmp_path / "zoned.tiff"
+    main(["synth", "slide", str(out), "--width", "1024", "--height", "512", "--cells", "6", "--seed", "2", "--zones", "--quiet"])
+    assert "thick end, monolayer, feathered edge" in " ".join(capsys.readouterr().out.split())
+    assert truth_path(out).read_text().splitlines()[0] == "x,y,label,zone"
+    zones = SmearZones()
+    assert zones.code(np.array([0.1, 0.5, 0.9])).tolist() == [1, 2, 3]
+    assert zones.monolayer_keep(np.array([0.5, 0.7, 1.0])).tolist() == pytest.approx([1.0, 0.45, 0.08])
+    plain = build_slide_scene(1024, 512, 6, seed=2)
+    zoned = build_slide_scene(1024, 512, 6, seed=2, zones=zones)
+    assert [w.x_um for w in plain.scene.wbcs] == [w.x_um for w in zoned.scene.wbcs]  # same cells, other red cells
+    m = zoned.zone_map((16, 32))
+    assert set(np.unique(m)) <= {0, 1, 2, 3} and (m[:, :9] != 2).all() and (plain.zone_map((16, 32)) <= 2).all()
+    # red cells: the thick end holds several layers, the feathered edge fewer than the monolayer
+    x = zoned.scene.rbcs.x / (1024 * 0.25)
+    thick, mono, sparse = ((x < 0.3).sum() / 0.3, ((x >= 0.3) & (x < 0.7)).sum() / 0.4, (x >= 0.7).sum() / 0.3)
+    assert thick > 2.5 * mono and sparse < 0.5 * mono
+    with pytest.raises(WbcError, match="thick_end"):
+        SmearZones(thick_end=0.8)
 
 
 def test_errors_are_wbc_errors():

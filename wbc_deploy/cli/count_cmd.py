@@ -8,9 +8,10 @@ import typer
 from .app import app
 
 _EPILOG = (
-    "Outputs in --out: <slide>.cells.csv (one row per WBC), summary.csv (one row per slide: counts, differential, "
-    "status), and with --geojson <slide>.geojson (QuPath detections), with --truth <slide>.truth_comparison.csv, with "
-    "--gallery <slide>.gallery.<class>.png and <slide>.report.html, with --review <slide>.review.html. "
+    "Outputs in --out: <slide>.cells.csv (one row per WBC), summary.csv (one row per slide: counts, differential with "
+    "95% Wilson intervals, counting area, quality flags, status), and with --geojson <slide>.geojson (QuPath detections), "
+    "with --truth <slide>.truth_comparison.csv, with --gallery <slide>.gallery.<class>.png and <slide>.report.html, with "
+    "--review <slide>.review.html. "
     "Exit codes: 0 every slide counted; 2 bad model or options (nothing written); 3 some slides failed "
     "(status=error and the reason in summary.csv; the others were counted); 130 interrupted (rerun with --resume)."
 )
@@ -36,6 +37,10 @@ def count_command(
                                 "reclassify in a browser; its exported corrections go to `wbc-deploy recount`."),
     confidence_threshold: float = typer.Option(None, "--confidence-threshold", help="Label cells below this calibrated "
                                                 "confidence 'unidentified' (left out of the differential; default: the model card's; 0: off)."),
+    max_wbc: int = typer.Option(None, "--max-wbc", help="Count the first N WBCs in a meander over the counting area, "
+                                "then stop scanning (the classic 100/200-cell differential; default: every WBC)."),
+    area: str = typer.Option(None, "--area", help="Where to count: monolayer or all (the whole smear). Default: the "
+                             "monolayer when one is found, else all (the output says which)."),
     truth: bool = typer.Option(False, "--truth", help="Compare with <slide>.truth.csv beside each slide (x,y,label)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables (summary.csv is still written)."),
 ) -> None:
@@ -47,7 +52,7 @@ def count_command(
     options = CountOptions(
         backend=backend, batch_size=batch_size, workers=workers if workers is not None else default_workers(),
         executor=executor, mpp=mpp, resume=resume, geojson=geojson, gallery=gallery, gallery_k=gallery_k,
-        review=review, truth=truth, quiet=quiet, confidence_threshold=confidence_threshold,
+        review=review, truth=truth, quiet=quiet, confidence_threshold=confidence_threshold, max_wbc=max_wbc, area=area,
     )
     run = count_slides(inputs, model, out, options)
     if not quiet:
@@ -71,10 +76,16 @@ def print_run(run, console) -> None:
     table.add_column("status", no_wrap=True)
     for header in ("WBCs", *[f"{SHORT.get(c, c)} %" for c in classes], "unid", "conf", "s", "mpp"):
         table.add_column(header, justify="right", no_wrap=True)
+    intervals = per_input_table("95% Wilson intervals (% of the counted WBCs)")
+    for header in ("counted", *[f"{SHORT.get(c, c)} %" for c in classes]):
+        intervals.add_column(header, justify="right", no_wrap=True)
     for r in run.slides:
         ok = r.status == "ok"
         pct = r.percentages(classes)
         status = {"ok": "[green]ok[/green]", "error": "[red]error[/red]"}.get(r.status, f"[yellow]{r.status}[/yellow]")
+        if ok:
+            ci = r.intervals(classes)
+            intervals.add_row(r.slide, str(r.n_counted), *[f"{_num(ci[c][0])}-{_num(ci[c][1])}" if ci[c] else "" for c in classes])
         table.add_row(
             r.slide, status, str(r.n_wbc) if ok else "",
             *[f"{pct[c]:.1f}" if ok else "" for c in classes],
@@ -86,6 +97,11 @@ def print_run(run, console) -> None:
     console.print(table)
     if any(r.mpp_source == "estimated" for r in run.slides):
         console.print("* microns per pixel estimated from red cells", highlight=False)
+    if intervals.row_count:
+        console.print(intervals)
+    for r in run.slides:
+        if r.status == "ok":
+            console.print(f"{r.slide}: {area_line(r)}", highlight=False, soft_wrap=True)
     for r in run.slides:
         t = r.truth
         if t is None:
@@ -101,3 +117,23 @@ def print_run(run, console) -> None:
         console.print(tt)
         console.print(f"detection: recall {t.recall:.3f}, precision {t.precision:.3f} ({t.n_matched} of {t.n_truth} true WBCs "
                       f"found, {t.n_detected} detections); class agreement on matched cells {t.accuracy:.3f}", highlight=False)
+
+
+def area_line(r) -> str:
+    """One line on where a slide was counted and its quality flags."""
+    parts = [f"counted in {r.area_note or r.area or 'the whole slide'}"]
+    if r.area_mm2:
+        parts.append(f"{r.area_mm2:.3f} mm2 read" + (f", {r.wbc_per_mm2:.1f} WBC/mm2" if r.wbc_per_mm2 is not None else ""))
+    if r.max_wbc is not None:
+        parts.append(f"stopped at {r.max_wbc} WBCs (--max-wbc)" if r.stopped_early else
+                     f"--max-wbc {r.max_wbc} not reached: every WBC of the area counted")
+    if r.out_of_focus_fraction is not None:
+        parts.append(f"{100 * r.out_of_focus_fraction:.0f}% of tiles out of focus")
+    if r.unidentified_rate is not None:
+        parts.append(f"{100 * r.unidentified_rate:.1f}% unidentified")
+    return "; ".join(parts)
+
+
+def _num(v: float) -> str:
+    """A percentage with one decimal, without a trailing .0 (100, 4.8)."""
+    return f"{v:.1f}".removesuffix(".0")

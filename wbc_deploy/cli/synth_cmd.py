@@ -42,13 +42,16 @@ def synth_slide_command(
     cells: int = typer.Option(200, "--cells", help="Number of WBCs."),
     mpp: float = typer.Option(0.25, "--mpp", help="Microns per level-0 pixel."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives byte-identical files."),
+    zones: bool = typer.Option(False, "--zones", help="A wedge smear along x: thick end (x < 30%: 4 overlapping layers "
+                               "of red cells), monolayer (30-70%), feathered edge (x >= 70%: red cells thinning to glass); "
+                               "the truth file gains a zone column."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Write a synthetic tiled pyramidal smear slide and its truth file OUT.truth.csv (x,y,label)."""
     from collections import Counter
 
     from ..console import console, make_progress
-    from ..slide.synth import pyramid_sizes, read_truth, write_synthetic_slide
+    from ..slide.synth import SmearZones, pyramid_sizes, read_truth, write_synthetic_slide
 
     with make_progress(quiet) as progress:
         task = progress.add_task(f"synth slide {out.name}", total=None)
@@ -56,14 +59,15 @@ def synth_slide_command(
         def report(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        truth = write_synthetic_slide(out, width, height, cells, mpp=mpp, seed=seed, progress=report)
+        truth = write_synthetic_slide(out, width, height, cells, mpp=mpp, seed=seed, progress=report,
+                                      zones=SmearZones() if zones else None)
     counts = Counter(label for _, _, label in read_truth(truth))
     levels = len(pyramid_sizes(width, height))
     kind = "Aperio .svs" if out.suffix.lower() == ".svs" else "generic tiled TIFF"
     detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     console.print(
         f"wrote {out} ({kind}, {width}x{height} px, {levels} levels, {mpp:g} um/px) and {truth.name} "
-        f"({sum(counts.values())} WBCs: {detail})",
+        f"({sum(counts.values())} WBCs: {detail})" + ("; zones along x: thick end, monolayer, feathered edge" if zones else ""),
         highlight=False,
     )
 

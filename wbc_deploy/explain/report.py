@@ -21,6 +21,7 @@ import numpy as np
 from ..classes import CLASSES, COLOURS
 from ..errors import WbcError
 from ..files import atomic_write, atomic_write_text
+from ..stats import wilson_interval
 
 #: Healthy-adult reference ranges (% of WBCs) drawn behind the bars for orientation only
 #: (GUIDE.md; laboratories use their own reference intervals).
@@ -32,28 +33,21 @@ REFERENCE_RANGES_PCT: dict[str, tuple[float, float]] = {
     "basophil": (0.0, 1.0),
 }
 _FALLBACK_COLOUR = "#7f7f7f"
+#: Zone tints on the report's thumbnail (codes as :mod:`wbc_deploy.pipeline.zones`: 1 thick, 2 monolayer,
+#: 3 sparse), kept apart from the class colours.
+ZONE_TINTS: dict[int, tuple[str, str]] = {1: ("thick", "#8c510a"), 2: ("monolayer", "#35978f"), 3: ("sparse", "#bdbdbd")}
+_ZONE_ALPHA = 0.35
 
 
 @dataclass(frozen=True)
 class DifferentialRow:
-    """One class of the differential: count, percentage and its 95% Wilson interval (in %)."""
+    """One class of the differential: count, percentage and its 95% Wilson interval (in %, :mod:`wbc_deploy.stats`)."""
 
     name: str
     count: int
     percent: float
     ci_low: float
     ci_high: float
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """The Wilson score interval for a proportion ``k / n`` (fractions 0..1; (0, 0) when n == 0)."""
-    if n <= 0:
-        return 0.0, 0.0
-    p = k / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def differential(counts: Mapping[str, int], classes: Sequence[str] | None = None) -> list[DifferentialRow]:
@@ -96,7 +90,8 @@ def _labels_as_names(labels: Sequence[Any] | np.ndarray, classes: Sequence[str])
 def _draw_bars(ax, rows: Sequence[DifferentialRow], show_reference: bool) -> None:
     y = np.arange(len(rows))[::-1]
     pct = np.array([r.percent for r in rows])
-    err = np.array([[r.percent - r.ci_low for r in rows], [r.ci_high - r.percent for r in rows]])
+    # the interval contains the estimate (stats.wilson_interval); clip anyway: matplotlib refuses negative bars
+    err = np.clip(np.array([[r.percent - r.ci_low for r in rows], [r.ci_high - r.percent for r in rows]]), 0.0, None)
     if show_reference:
         for yi, r in zip(y, rows):
             if r.name in REFERENCE_RANGES_PCT:
@@ -114,10 +109,30 @@ def _draw_bars(ax, rows: Sequence[DifferentialRow], show_reference: bool) -> Non
     ax.spines[["top", "right"]].set_visible(False)
 
 
+def _zone_overlay(zones: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """An RGBA image of ``shape`` tinting each zone (nearest-neighbour resampling of the zone map)."""
+    from PIL import Image
+
+    z = np.asarray(Image.fromarray(np.asarray(zones, np.uint8)).resize((shape[1], shape[0]), Image.NEAREST))
+    rgba = np.zeros((*shape, 4), np.float32)
+    for code, (_, colour) in ZONE_TINTS.items():
+        rgb = [int(colour[i:i + 2], 16) / 255.0 for i in (1, 3, 5)]
+        rgba[z == code] = [*rgb, _ZONE_ALPHA]
+    return rgba
+
+
 def _draw_thumbnail(ax, thumbnail: np.ndarray | None, downsample: float, xy: np.ndarray, names: np.ndarray,
-                    classes: Sequence[str]) -> None:
+                    classes: Sequence[str], zones: np.ndarray | None = None) -> None:
     if thumbnail is not None:
         ax.imshow(thumbnail, interpolation="antialiased")
+        if zones is not None and np.asarray(zones).any():
+            from matplotlib.patches import Patch
+
+            ax.imshow(_zone_overlay(zones, thumbnail.shape[:2]), interpolation="nearest")
+            present = [c for c in ZONE_TINTS if (np.asarray(zones) == c).any()]
+            handles = [Patch(facecolor=ZONE_TINTS[c][1], alpha=_ZONE_ALPHA + 0.2, label=ZONE_TINTS[c][0]) for c in present]
+            ax.add_artist(ax.legend(handles=handles, loc="lower left", fontsize=7, title="zones", title_fontsize=7,
+                                    framealpha=0.85))
     n = len(xy)
     size = float(np.clip(3000.0 / max(n, 1), 2.0, 24.0))
     pts = xy / float(downsample) if n else xy
@@ -177,6 +192,8 @@ def write_slide_report(
     cell_labels: Sequence[str] | Sequence[int] | np.ndarray | None = None,
     settings: Mapping[str, Any] | None = None,
     show_reference: bool = True,
+    zones: np.ndarray | None = None,
+    facts: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a one-page report of one slide's differential count as PNG (``.png``) or HTML (``.html``/``.htm``).
 
@@ -192,6 +209,11 @@ def write_slide_report(
         cell_labels: N class names, or indices into ``classes``.
         settings: the run's settings (model, backend, thresholds, ...), shown as a key/value table.
         show_reference: shade the healthy-adult reference range behind each bar.
+        zones: the smear's zone map (any size, covering the whole slide; 0 glass, 1 thick, 2 monolayer,
+            3 sparse), tinted over the thumbnail.
+        facts: the count's facts shown in a "count and quality" table (e.g. ``n_wbc``, ``n_counted``,
+            ``area``, ``area_mm2``, ``wbc_per_mm2``, ``max_wbc``, ``out_of_focus_fraction``, ``unidentified_rate``;
+            None values are left out).
 
     Returns ``path``.
     """
@@ -207,17 +229,45 @@ def write_slide_report(
     total = sum(r.count for r in rows)
     title = f"WBC differential: {slide} ({total} cell{'s' if total != 1 else ''})"
     setting_rows = _settings_rows(settings, 70 if fmt == ".png" else 2000)
+    fact_rows = _fact_rows(facts)
+    if zones is not None and (np.asarray(zones).ndim != 2 or not np.asarray(zones).size):
+        raise WbcError(f"zone map must be a 2-D array, got shape {np.asarray(zones).shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         if fmt == ".png":
             atomic_write(path, lambda tmp: _report_png(tmp, title, rows, thumbnail, downsample, xy, names, classes,
-                                                       setting_rows, show_reference))
+                                                       fact_rows + setting_rows, show_reference, zones))
         else:
             atomic_write_text(path, _report_html(title, rows, thumbnail, downsample, xy, names, classes, setting_rows,
-                                                 show_reference))
+                                                 show_reference, zones, fact_rows))
     except OSError as exc:
         raise WbcError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
+
+
+_FACT_LABELS = {
+    "n_wbc": "WBCs detected", "n_counted": "WBCs counted (denominator)",
+    "n_unidentified": "unidentified (low confidence)", "unidentified_rate": "unidentified rate",
+    "area": "counting area", "area_mm2": "area counted (mm2)", "wbc_per_mm2": "WBCs per mm2",
+    "max_wbc": "--max-wbc", "stopped_early": "stopped at --max-wbc", "out_of_focus_fraction": "tiles out of focus",
+}
+
+
+def _fact_rows(facts: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    rows = []
+    for key, value in (facts or {}).items():
+        if value is None or isinstance(value, np.ndarray):
+            continue
+        if key in ("unidentified_rate", "out_of_focus_fraction"):
+            text = f"{100.0 * float(value):.1f}%"
+        elif isinstance(value, float):
+            text = f"{value:.2f}"
+        elif isinstance(value, bool):
+            text = "yes" if value else "no"
+        else:
+            text = str(value)
+        rows.append((_FACT_LABELS.get(key, key), text))
+    return rows
 
 
 def _table(ax, cells: list[list[str]], header: list[str], col_widths: list[float], fontsize: float = 8,
@@ -249,11 +299,12 @@ def _counts_cells(rows: Sequence[DifferentialRow]) -> list[list[str]]:
 _COUNT_HEADER = ["class", "cells", "%", "95% interval (%)"]
 
 
-def _report_png(path: Path, title, rows, thumbnail, downsample, xy, names, classes, setting_rows, show_reference) -> None:
+def _report_png(path: Path, title, rows, thumbnail, downsample, xy, names, classes, setting_rows, show_reference,
+                zones=None) -> None:
     fig = _figure(11.0, 8.0, dpi=100, layout="constrained")
     fig.suptitle(title, fontsize=13, x=0.02, ha="left")
     grid = fig.add_gridspec(2, 2, height_ratios=[1.5, 1.0], width_ratios=[1.0, 1.0])
-    _draw_thumbnail(fig.add_subplot(grid[0, 0]), thumbnail, downsample, xy, names, classes)
+    _draw_thumbnail(fig.add_subplot(grid[0, 0]), thumbnail, downsample, xy, names, classes, zones)
     _draw_bars(fig.add_subplot(grid[0, 1]), rows, show_reference)
     ax_counts = fig.add_subplot(grid[1, 0])
     _table(ax_counts, _counts_cells(rows), _COUNT_HEADER, [0.3, 0.18, 0.15, 0.3], 9,
@@ -283,10 +334,11 @@ th{background:#f2f2f2}td.num{text-align:right}.swatch{display:inline-block;width
 .note{color:#666;font-size:12px}"""
 
 
-def _report_html(title, rows, thumbnail, downsample, xy, names, classes, setting_rows, show_reference) -> str:
+def _report_html(title, rows, thumbnail, downsample, xy, names, classes, setting_rows, show_reference, zones=None,
+                 fact_rows=()) -> str:
     e = html.escape
     fig_thumb = _figure(6.0, 5.0)
-    _draw_thumbnail(fig_thumb.add_subplot(1, 1, 1), thumbnail, downsample, xy, names, classes)
+    _draw_thumbnail(fig_thumb.add_subplot(1, 1, 1), thumbnail, downsample, xy, names, classes, zones)
     fig_thumb.tight_layout()
     fig_bars = _figure(6.0, 3.2)
     _draw_bars(fig_bars.add_subplot(1, 1, 1), rows, show_reference)
@@ -301,13 +353,15 @@ def _report_html(title, rows, thumbnail, downsample, xy, names, classes, setting
     count_rows += f'<tr><th>total</th><th class="num">{total}</th><th class="num">{"100.0" if total else "0.0"}</th><th></th></tr>'
     settings_html = "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in setting_rows) or "<tr><td>(none)</td><td></td></tr>"
     reference = " Grey bands: healthy-adult reference ranges, for orientation only." if show_reference else ""
+    facts_html = ("<h2>Count and quality</h2><table>" + "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in fact_rows)
+                  + "</table>") if fact_rows else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title><style>{_CSS}</style></head>
 <body><h1>{e(title)}</h1>
 <div class="row"><div><h2>Slide</h2><img alt="slide thumbnail with cells marked by class" src="{_png_data_uri(fig_thumb)}"></div>
 <div><h2>Differential</h2><img alt="differential bar chart" src="{_png_data_uri(fig_bars)}">
 <p class="note">Error bars: 95% Wilson intervals for each class's share of the counted cells.{reference}</p>
-<h2>Counts</h2><table><tr>{''.join(f'<th>{e(h)}</th>' for h in _COUNT_HEADER)}</tr>{count_rows}</table></div></div>
+<h2>Counts</h2><table><tr>{''.join(f'<th>{e(h)}</th>' for h in _COUNT_HEADER)}</tr>{count_rows}</table>{facts_html}</div></div>
 <h2>Run settings</h2><table><tr><th>setting</th><th>value</th></tr>{settings_html}</table>
 </body></html>
 """

@@ -11,6 +11,9 @@ How a slide is counted (module by module):
   memory), tiled in ``TILE_UM`` cores plus an ``OVERLAP_UM`` margin wider than any WBC; tiles without
   smear are skipped. Crops are read from the coarsest level with at least the model's input size over
   the card's ``fov_um``.
+- :mod:`.zones`: thick / monolayer / sparse zones from the thumbnail (red-cell coverage in layers) and
+  the counting area (``--area``: the monolayer when found, else all); :mod:`.reading` orders its tiles
+  in a meander for ``--max-wbc``.
 - :mod:`.detect` (workers): per tile, candidate nuclei from the nucleus-stain density at the detection
   resolution, grown into windows; each window is segmented there, and windows that are not a lone,
   clean WBC are read again at ``REFINE_MPP`` (0.25 um/px, only around candidates) and segmented with
@@ -20,8 +23,9 @@ How a slide is counted (module by module):
   tile order, crops batched at fixed multiples of ``--batch-size`` in the slide's cell sequence (so
   results do not depend on worker count, timing or resumption), tiles committed to the
   :mod:`.store` (``DIR/.<slide>.partial/``) as they finish.
-- :mod:`.outputs`: cells.csv, GeoJSON, truth comparison and summary.csv, written atomically; the
-  slide's store is removed once they are in place. :mod:`.gallery` keeps per-class review cells.
+- :mod:`.outputs`: cells.csv, GeoJSON, truth comparison and summary.csv (with Wilson intervals from
+  :mod:`wbc_deploy.stats`), written atomically; the slide's store is removed once they are in place.
+  :mod:`.gallery` keeps per-class review cells; :mod:`.quality` measures each tile's focus.
 """
 from __future__ import annotations
 

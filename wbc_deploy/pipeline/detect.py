@@ -20,6 +20,7 @@ from ..segment import SegmentParams, segment_fields
 from ..segment.stain import apply_table, density_tables, estimate_background
 from .options import COARSE_AREA_UM2, COARSE_MAX_ECCENTRICITY, COARSE_MIN_SOLIDITY, COARSE_UNEXPLAINED_UM2
 from .plan import CropGeometry, Resolution, ScanPlan, Tile
+from .quality import tile_blur_um
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class TileResult:
     seconds: dict[str, float] = field(default_factory=dict)
     windows: int = 0  # candidate windows seen
     refined: int = 0  # windows segmented again at the refinement resolution
+    focus_um: float | None = None  # blur estimate of the tile's sharpest edges (quality.tile_blur_um)
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResu
     rgb = read_at(reader, det, tile.pad, plan.background)
     t1 = time.perf_counter()
     read_s = t1 - t0
+    focus = tile_blur_um(rgb, det.mpp, plan.background)
     windows, candidates, groups, slices = candidate_windows(rgb, plan, job.params)
     px, py = tile.pad[0], tile.pad[1]
     scale = det.ds / ref.ds  # refinement px per detection px
@@ -252,7 +255,7 @@ def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResu
     for i in range(len(images)):
         images[i] = read_crop(reader, plan.crop, cells[i].x, cells[i].y, crop_fill(reader, plan))
     t3 = time.perf_counter()
-    return TileResult(index=tile.index, cells=cells, crops=images, windows=len(slices), refined=len(refine),
+    return TileResult(index=tile.index, cells=cells, crops=images, windows=len(slices), refined=len(refine), focus_um=focus,
                       seconds={"read": read_s, "detect": (t2 - t1) - (read_s - (t1 - t0)), "crop": t3 - t2})
 
 

@@ -6,6 +6,10 @@ in tile order; their crops are batched for the backend with batch boundaries at 
 the batch size in the slide's cell sequence, so the batches (and the floating-point results) are the
 same whatever the worker count or timing, and after a resume. A tile is committed to the progress
 store once all its cells have probabilities.
+
+With ``max_cells`` the stream stops taking tiles once that many cells have been taken (counting
+``start_cells``): the tile that reaches it is finished and committed whole, later tiles are cancelled
+or dropped unseen, so what is committed is the same prefix of tiles whatever the timing.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ class StreamStats:
 
     tiles_done: int = 0
     cells: int = 0
+    stopped_early: bool = False  # max_cells was reached before the last tile
     windows: int = 0  # candidate windows segmented at the detection resolution
     refined: int = 0  # of which segmented again at the refinement resolution
     seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "detect": 0.0, "crop": 0.0, "infer": 0.0, "write": 0.0})
@@ -53,12 +58,16 @@ def stream_slide(
     start_cells: int = 0,
     on_commit: Callable[[int, int], None] | None = None,
     stats: StreamStats | None = None,
+    max_cells: int | None = None,
+    post: Callable[[TileResult], TileResult] | None = None,
 ) -> StreamStats:
     """Scan ``tiles`` with ``scan`` on ``executor``, classify their crops and commit them to ``store`` in order.
 
     ``start_cells`` is the number of cells already committed (resume), which fixes where the batch
     boundaries fall. ``on_commit(tiles committed, cells committed)`` is called after each commit; an
     exception from it (or from a worker) stops the stream, cancelling the tiles not yet started.
+    ``post`` is applied to each tile's result in this thread, in tile order, before its cells are
+    batched (e.g. to keep only the cells of the counting area); ``max_cells``: see the module docstring.
     """
     stats = stats or StreamStats()
     card = backend.card
@@ -97,7 +106,7 @@ def stream_slide(
             t0 = time.perf_counter()
             cells = [StoredCell(x=c.x, y=c.y, area_um2=c.area_um2, probs=[float(v) for v in p.probs[i]],
                                 outline=[list(pt) for pt in c.outline]) for i, c in enumerate(p.result.cells)]
-            store.append(p.result.index, cells)
+            store.append(p.result.index, cells, focus=p.result.focus_um)
             stats.seconds["write"] += time.perf_counter() - t0
             stats.tiles_done += 1
             stats.cells += len(cells)
@@ -105,11 +114,22 @@ def stream_slide(
             if on_commit is not None:
                 on_commit(stats.tiles_done, stats.cells)
 
+    n_taken = start_cells
     try:
+        if max_cells is not None and n_taken >= max_cells:
+            exhausted, stats.stopped_early = True, next(tile_iter, None) is not None
         submit_more()
         while submitted:
             result: TileResult = submitted.popleft().result()
-            submit_more()
+            if post is not None:
+                result = post(result)
+            n_taken += len(result.cells)
+            if max_cells is not None and n_taken >= max_cells:
+                # stop reading: the tiles already in flight are cancelled or dropped below
+                stats.stopped_early = bool(submitted) or (not exhausted and next(tile_iter, None) is not None)
+                exhausted = True
+            else:
+                submit_more()
             for k in ("read", "detect", "crop"):
                 stats.seconds[k] += result.seconds.get(k, 0.0)
             stats.windows += result.windows
@@ -120,6 +140,8 @@ def stream_slide(
             while buf and len(buf) >= batch_size - (n_inferred % batch_size):
                 run_batch(batch_size - (n_inferred % batch_size))
             commit_ready()
+            if max_cells is not None and n_taken >= max_cells:
+                break
         if buf:
             run_batch(len(buf))
         commit_ready()

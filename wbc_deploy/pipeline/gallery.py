@@ -94,10 +94,12 @@ def require_explain() -> None:
 
 
 def write_gallery(out_dir: Path, name: str, reader, plan, collector: GalleryCollector, counts: dict[str, int],
-                  classes: list[str], xy: list[tuple[float, float]], labels: list[str], settings: dict) -> dict[str, Path]:
+                  classes: list[str], xy: list[tuple[float, float]], labels: list[str], settings: dict,
+                  review: dict | None = None) -> dict[str, Path]:
     """Read the kept cells' crops and call the explain package's gallery and report writers.
 
-    Returns the files written (``gallery_<class>`` and ``report``).
+    ``review``: the count's facts for the report (``zones``: the zone map tinted over the thumbnail; the
+    rest shown as a table). Returns the files written (``gallery_<class>`` and ``report``).
     """
     from ..explain.gallery import CellTile, write_class_galleries
     from ..explain.report import write_slide_report
@@ -118,6 +120,7 @@ def write_gallery(out_dir: Path, name: str, reader, plan, collector: GalleryColl
     written["report"] = Path(write_slide_report(
         Path(out_dir) / f"{name}.report.html", slide=name, counts=counts, classes=classes, thumbnail=thumb,
         downsample=w0 / thumb.shape[1], cell_xy=np.asarray(xy, dtype=float).reshape(-1, 2), cell_labels=labels,
-        settings=settings,
+        settings=settings, zones=(review or {}).get("zones"),
+        facts={k: v for k, v in (review or {}).items() if k not in ("zones", "counting_mask")},
     ))
     return written

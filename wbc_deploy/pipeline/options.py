@@ -83,6 +83,12 @@ class CountOptions:
     #: Cells whose calibrated confidence is below this are ``unidentified``; None: the model card's
     #: ``confidence_threshold`` (0 turns it off).
     confidence_threshold: float | None = None
+    #: Count the first this many WBCs in the meander reading order over the counting area, then stop
+    #: scanning (the classic 100/200-cell differential); None: every WBC of the area.
+    max_wbc: int | None = None
+    #: The counting area: ``monolayer``, ``all`` (the whole smear) or None (the monolayer when one is
+    #: found, else all; see :mod:`wbc_deploy.pipeline.zones`).
+    area: str | None = None
     #: Extra keyword arguments for :func:`wbc_deploy.runtime.open_backend` (e.g. ``intra_op_threads``).
     backend_options: dict = field(default_factory=dict)
     #: Library hook, called after each tile is committed to the progress store with
@@ -102,6 +108,10 @@ class CountOptions:
             raise WbcError(f"--mpp must be micrometres per pixel between 0.01 and 10 (e.g. 0.25 for a 40x scan), got {self.mpp}")
         if self.confidence_threshold is not None and not (0.0 <= self.confidence_threshold <= 1.0):
             raise WbcError(f"--confidence-threshold must be within 0..1 (0 turns unidentified off), got {self.confidence_threshold}")
+        if self.max_wbc is not None and int(self.max_wbc) < 1:
+            raise WbcError(f"--max-wbc must be at least 1 (e.g. 100 or 200 for a classic differential), got {self.max_wbc}")
+        if self.area is not None and self.area not in ("monolayer", "all"):
+            raise WbcError(f"--area must be monolayer or all, got {self.area!r}")
         if int(self.gallery_k) < 1:
             raise WbcError(f"--gallery-k must be at least 1, got {self.gallery_k}")
         if not (0.1 <= self.detect_mpp <= 4.0):
@@ -125,6 +135,8 @@ class CountOptions:
             "tile_um": float(self.tile_um),
             "overlap_um": float(self.overlap_um),
             "confidence_threshold": self.confidence_threshold,
+            "max_wbc": None if self.max_wbc is None else int(self.max_wbc),
+            "area": self.area or "auto",
         }
 
     def threshold_for(self, card) -> float | None:

@@ -21,6 +21,13 @@ SUMMARY_TAIL = ("mean_confidence", "seconds", "backend")
 #: Extra summary columns after the required ones.
 SUMMARY_EXTRAS = ("mpp", "mpp_source", "tiles_total", "tiles_scanned", "truth_n", "detection_recall", "detection_precision",
                   "model_sha256", "settings_sha256")
+#: After the extras: the counting area, --max-wbc and the quality flags.
+SUMMARY_AREA = ("max_wbc", "stopped_early", "area", "area_mm2", "wbc_per_mm2", "out_of_focus_fraction", "unidentified_rate")
+
+
+def interval_header(classes: list[str]) -> list[str]:
+    """``ci95_lo_<class>``, ``ci95_hi_<class>`` per class: the 95% Wilson interval (percent) of each ``pct_<class>``."""
+    return [f"ci95_{end}_{c}" for c in classes for end in ("lo", "hi")]
 
 
 def cells_header(classes: list[str]) -> list[str]:
@@ -37,10 +44,14 @@ def summary_header(classes: list[str]) -> list[str]:
     """summary.csv columns: required, counts, differential, timing/backend, then the extras.
 
     ``n_wbc`` is every WBC detected; ``n_unidentified`` those below the confidence threshold; ``n_counted``
-    the rest, the denominator of every ``pct_<class>``.
+    the rest, the denominator of every ``pct_<class>``. Then the intervals (:func:`interval_header`) and
+    ``SUMMARY_AREA``: ``max_wbc`` (--max-wbc), ``stopped_early`` (the count stopped at it: WBCs of the area
+    were left uncounted), ``area`` (monolayer or all), ``area_mm2`` (counting area in the tiles read), ``wbc_per_mm2``
+    (WBCs found there per mm^2), ``out_of_focus_fraction`` (of the tiles read that show edges) and
+    ``unidentified_rate`` (n_unidentified / n_wbc; empty when the model has no confidence threshold).
     """
     return [*REQUIRED_SUMMARY, *[f"n_{c}" for c in classes], "n_unidentified", "n_counted", *[f"pct_{c}" for c in classes],
-            *SUMMARY_TAIL, *SUMMARY_EXTRAS]
+            *SUMMARY_TAIL, *SUMMARY_EXTRAS, *interval_header(classes), *SUMMARY_AREA]
 
 
 def label_of(probs: list[float], classes: list[str], threshold: float | None = None) -> tuple[str, float]:
@@ -153,7 +164,24 @@ def summary_row(r: SlideResult, classes: list[str]) -> list[str]:
         _fmt(r.mpp, 4), r.mpp_source, str(r.tiles_total) if r.tiles_total else "", str(r.tiles_scanned) if r.tiles_total else "",
         str(t.n_truth) if t else "", _fmt(t.recall, 4) if t else "", _fmt(t.precision, 4) if t else "",
         r.model_sha256, r.settings_sha256,
+        *interval_cells(r, classes), *area_cells(r),
     ]
+
+
+def interval_cells(r: SlideResult, classes: list[str]) -> list[str]:
+    """The ``ci95_lo/hi`` cells of a row (empty unless the slide is counted and has counted cells)."""
+    if r.status != "ok":
+        return ["", ""] * len(classes)
+    ci = r.intervals(classes)
+    return [f"{v:.2f}" if ci[c] is not None else "" for c in classes for v in (ci[c] or (0.0, 0.0))]
+
+
+def area_cells(r: SlideResult) -> list[str]:
+    """The ``SUMMARY_AREA`` cells of a row."""
+    if r.status != "ok":
+        return ["" if r.max_wbc is None else str(r.max_wbc), "", "", "", "", "", ""]
+    return ["" if r.max_wbc is None else str(r.max_wbc), "true" if r.stopped_early else "false", r.area,
+            _fmt(r.area_mm2, 4), _fmt(r.wbc_per_mm2, 2), _fmt(r.out_of_focus_fraction, 4), _fmt(r.unidentified_rate, 4)]
 
 
 def write_summary(path: Path, results: list[SlideResult], classes: list[str]) -> None:

@@ -323,6 +323,7 @@ def recount(out_dir: str | Path, corrections: str | Path, slide: str | None = No
         upd[f"pct_{c}"] = f"{100.0 * reviewed[c] / n_counted:.2f}" if n_counted else "0.00"
         upd[f"agreement_{c}"] = _fmt(by_class[c])
     upd.update(_wilson_columns(s_fields, classes, reviewed, n_counted))
+    upd.update(_rate_columns(row, n_wbc, reviewed[UNIDENTIFIED]))
     new_s_fields = list(s_fields)
     for col in [*REVIEW_COLUMNS, *[f"agreement_{c}" for c in classes]]:
         if col not in new_s_fields:
@@ -345,17 +346,22 @@ def recount(out_dir: str | Path, corrections: str | Path, slide: str | None = No
 
 
 def _wilson_columns(fields: list[str], classes: list[str], counts: dict[str, int], n: int) -> dict[str, str]:
-    """The 95% Wilson interval columns ``ci95_lo_<class>``/``ci95_hi_<class>`` (percent), for those summary.csv has.
-
-    TODO(lead, issue 13): when issue 13's summary columns are merged, compute these with the function
-    and number format that ``count`` uses for them, so a reviewed row is formatted like a counted one.
-    """
-    from ..explain.report import wilson_interval
+    """The 95% Wilson interval columns ``ci95_lo_<class>``/``ci95_hi_<class>`` (percent), for those summary.csv has,
+    computed and formatted as ``count`` writes them (:func:`wbc_deploy.stats.wilson_percent`; empty when n == 0)."""
+    from ..stats import wilson_percent
 
     out = {}
     for c in classes:
         lo_col, hi_col = f"ci95_lo_{c}", f"ci95_hi_{c}"
         if lo_col in fields or hi_col in fields:
-            lo, hi = wilson_interval(counts.get(c, 0), n)
-            out[lo_col], out[hi_col] = f"{100.0 * lo:.2f}", f"{100.0 * hi:.2f}"
+            lo, hi = wilson_percent(counts.get(c, 0), n) if n else (None, None)
+            out[lo_col], out[hi_col] = ("", "") if lo is None else (f"{lo:.2f}", f"{hi:.2f}")
     return out
+
+
+def _rate_columns(row: dict[str, str], n_wbc: int, n_unidentified: int) -> dict[str, str]:
+    """``unidentified_rate`` of a reviewed row, where the counted row has one (``wbc_per_mm2`` stays the count's:
+    it is the density of the detections, including those past ``--max-wbc``, which cells.csv does not hold)."""
+    if not row.get("unidentified_rate"):
+        return {}
+    return {"unidentified_rate": f"{n_unidentified / n_wbc:.4f}" if n_wbc else "0.0000"}

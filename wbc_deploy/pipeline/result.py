@@ -78,6 +78,18 @@ class SlideResult:
     settings_sha256: str = ""
     #: a finished slide skipped by --resume: its summary.csv row from the earlier run, re-emitted as it was
     previous_row: dict[str, str] | None = None
+    #: --max-wbc, and whether the count stopped there before the end of the counting area
+    max_wbc: int | None = None
+    stopped_early: bool = False
+    #: the counting area (monolayer or all), what the output says about it, its size and the WBC density
+    area: str = ""
+    area_note: str = ""
+    area_mm2: float | None = None
+    wbc_per_mm2: float | None = None
+    #: quality flags: fraction of the measured tiles out of focus; unidentified / n_wbc (None when the model
+    #: has no confidence threshold)
+    out_of_focus_fraction: float | None = None
+    unidentified_rate: float | None = None
 
     @property
     def n_wbc(self) -> int:
@@ -97,6 +109,13 @@ class SlideResult:
         """The differential: per-class percentage of the counted WBCs (``unidentified`` left out; 0 when none)."""
         n = self.n_counted
         return {c: (100.0 * self.counts.get(c, 0) / n if n else 0.0) for c in classes}
+
+    def intervals(self, classes: list[str]) -> dict[str, tuple[float, float] | None]:
+        """Per class, the 95% Wilson interval (percent) of its share of the counted WBCs (None when none counted)."""
+        from ..stats import wilson_percent
+
+        n = self.n_counted
+        return {c: (wilson_percent(self.counts.get(c, 0), n) if n else None) for c in classes}
 
 
 @dataclass

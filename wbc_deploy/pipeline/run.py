@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import hashlib
+import itertools
 import json
 import shutil
 import time
@@ -17,6 +19,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
+import numpy as np
 from rich.progress import TextColumn
 
 from .. import __version__
@@ -25,18 +28,21 @@ from ..console import make_progress, warn
 from ..errors import WbcError
 from ..files import output_folder, sha256_file
 from ..segment import SegmentParams
-from .detect import job_without_tiles, process_scan, scan_tile
+from .detect import TileResult, job_without_tiles, process_scan, scan_tile
 from .engine import StreamStats, stream_slide
 from .gallery import GalleryCollector, require_explain, write_gallery
 from .inputs import discover_inputs, slide_name
 from .options import MATCH_UM, CountOptions
 from .outputs import SUMMARY_NAME, label_of, write_cells_csv, write_geojson, write_summary, write_truth_comparison
-from .plan import ScanPlan, plan_scan, thumbnail_size, tissue_mask
+from .plan import ScanPlan, Tile, plan_scan, thumbnail_size, tissue_mask
+from .quality import out_of_focus_fraction
+from .reading import meander
 from .review import review_cell, write_review
 from .result import STATUS_ERROR, STATUS_INTERRUPTED, STATUS_OK, STATUS_PENDING, RunResult, SlideResult
 from .scale import resolve_mpp, thumbnail
 from .store import ProgressStore, settings_hash, slide_identity
 from .truth import compare_with_truth, truth_path_for
+from .zones import CountingArea, counting_area, zone_slide
 
 
 #: Crops enlarged more than this to the model's input earn a warning (a 40x scan at 0.25 um/px gives
@@ -66,11 +72,11 @@ class RunContext:
 
 def remove_outputs(out_dir: Path, name: str) -> None:
     """Delete a slide's previous outputs so a failed recount never leaves stale files that look complete."""
-    for suffix in (".cells.csv", ".geojson", ".truth_comparison.csv", ".report.html", ".review.html"):
-        (out_dir / f"{name}{suffix}").unlink(missing_ok=True)
+    suffixes = (".cells.csv", ".geojson", ".truth_comparison.csv", ".report.html", ".review.html")
+    for f in [*(out_dir / f"{name}{suffix}" for suffix in suffixes), *out_dir.glob(f"{name}.gallery.*.png")]:
+        if f.is_file() or f.is_symlink():  # a folder of that name is not ours: writing over it fails the slide
+            f.unlink(missing_ok=True)
     shutil.rmtree(out_dir / f"{name}.review", ignore_errors=True)
-    for f in out_dir.glob(f"{name}.gallery.*.png"):
-        f.unlink(missing_ok=True)
 
 
 def count_slide(path: Path, ctx: RunContext, result: SlideResult) -> SlideResult:
@@ -97,6 +103,12 @@ def count_slide(path: Path, ctx: RunContext, result: SlideResult) -> SlideResult
         if source == "estimated":
             warn(f"{name}: no microns per pixel in the slide; estimated {mpp:.4f} um/px from red cells (pass --mpp to set it)")
         plan = plan_scan(reader, mpp, backend.card, opts, thumb)
+        zoning = zone_slide(reader, thumb, plan)
+        area = counting_area(zoning, opts.area, plan, (w0, h0), dilate_px=opts.overlap_um / (mpp * w0 / thumb.shape[1]) + 1)
+        plan.tiles = area.tiles(plan)
+        if opts.max_wbc is not None:
+            plan.tiles = meander(plan.tiles)
+        result.area, result.area_note, result.max_wbc = area.mode, area.note, opts.max_wbc
         upsample = plan.crop.level_mpp / (plan.crop.fov_um / plan.crop.input_size)
         if upsample > MAX_UPSAMPLE:
             warn(f"{name}: at {mpp:.3f} um/px a {plan.crop.fov_um:g} um crop has {plan.crop.side} px and is enlarged "
@@ -112,6 +124,9 @@ def count_slide(path: Path, ctx: RunContext, result: SlideResult) -> SlideResult
             "options": opts.result_settings(),
             "card": {"classes": classes, "input_size": int(backend.card.input_size), "fov_um": plan.crop.fov_um},
             "segment": dataclasses.asdict(ctx.params),
+            "area": {"mode": area.mode, "zoning": zoning.describe(),
+                     "mask_sha256": None if area.mask is None else hashlib.sha256(np.packbits(area.mask).tobytes()).hexdigest()},
+            "reading_order": "meander" if opts.max_wbc is not None else "raster",
             "wbc_deploy": __version__,
         }
         store = ProgressStore(ctx.out_dir, name)
@@ -144,13 +159,16 @@ def count_slide(path: Path, ctx: RunContext, result: SlideResult) -> SlideResult
         stats = StreamStats()
         try:
             stream_slide(plan.tiles[len(done):], scan, ctx.executor, backend, store, batch_size=opts.batch_size,
-                         window=max(2, 2 * opts.workers), start_cells=start_cells, on_commit=on_commit, stats=stats)
+                         window=max(2, 2 * opts.workers), start_cells=start_cells, on_commit=on_commit, stats=stats,
+                         max_cells=opts.max_wbc, post=None if area.mask is None else functools.partial(keep_in_area, area))
         finally:
             store.close()
             result.stage_seconds = dict(stats.seconds)
             result.windows, result.refined = stats.windows, stats.refined
+        result.stopped_early = stats.stopped_early
         t0 = time.perf_counter()
-        finish_outputs(path, name, reader, plan, store, ctx, result)
+        read_tiles = slide_quality(store, plan, area, result)
+        finish_outputs(path, name, reader, plan, store, ctx, result, area=area, read_tiles=read_tiles)
         result.stage_seconds["write"] += time.perf_counter() - t0
     store.discard()
     result.status = STATUS_OK
@@ -159,22 +177,58 @@ def count_slide(path: Path, ctx: RunContext, result: SlideResult) -> SlideResult
     return result
 
 
-def finish_outputs(path: Path, name: str, reader, plan: ScanPlan, store: ProgressStore, ctx: RunContext, result: SlideResult) -> None:
-    """Assemble cells.csv (and GeoJSON, truth comparison, galleries) from the progress store."""
+def keep_in_area(area: CountingArea, result: TileResult) -> TileResult:
+    """A tile's result with only the cells whose centre lies in the counting area (and their crops)."""
+    if area.mask is None or not result.cells:
+        return result
+    inside = area.contains(np.array([c.x for c in result.cells]), np.array([c.y for c in result.cells]))
+    if inside.all():
+        return result
+    return dataclasses.replace(result, cells=[c for c, k in zip(result.cells, inside) if k],
+                               crops=result.crops[inside] if len(result.crops) else result.crops)
+
+
+def slide_quality(store: ProgressStore, plan: ScanPlan, area: CountingArea, result: SlideResult) -> list[Tile]:
+    """Fill the tiles read, counting area, WBC density and out-of-focus fraction from the store; returns the tiles read."""
+    by_index = {t.index: t for t in plan.tiles}
+    read, blurs, found = [], [], 0
+    for index, n_cells, blur in store.iter_tiles():
+        read.append(by_index[index])
+        blurs.append(blur)
+        found += n_cells
+    result.tiles_scanned = len(read)
+    # capped: the last tile read held more cells than --max-wbc left room for, or tiles were left unread
+    result.stopped_early = result.stopped_early or (result.max_wbc is not None and found > result.max_wbc)
+    result.area_mm2 = area.area_mm2(plan, read)
+    result.wbc_per_mm2 = found / result.area_mm2 if result.area_mm2 else None
+    result.out_of_focus_fraction = out_of_focus_fraction(blurs)
+    return read
+
+
+def finish_outputs(path: Path, name: str, reader, plan: ScanPlan, store: ProgressStore, ctx: RunContext, result: SlideResult,
+                   area: CountingArea | None = None, read_tiles: list[Tile] | None = None) -> None:
+    """Assemble cells.csv (and GeoJSON, truth comparison, galleries) from the progress store.
+
+    With ``--max-wbc`` the outputs hold the first N cells; the truth comparison covers every cell of the
+    tiles read (the last one whole) against the true cells of the counting area in those tiles.
+    """
     opts = ctx.options
     classes = list(ctx.backend.card.classes)
     threshold = opts.threshold_for(ctx.backend.card)
     out = ctx.out_dir
-    xy: list[tuple[float, float]] = []
+    limit = opts.max_wbc
+    xy: list[tuple[float, float]] = []  # every cell read (truth comparison)
     labels: list[str] = []
     collector = GalleryCollector(opts.gallery_k) if opts.gallery else None
     review_cells: list = []
 
-    def cells():
+    def first_cells():
         for i, (_, cell) in enumerate(store.iter_cells(), start=1):
             label, conf = label_of(cell.probs, classes, threshold)
             xy.append((cell.x, cell.y))
             labels.append(label)
+            if limit is not None and i > limit:
+                continue
             if collector is not None:
                 collector.add(i, label, conf, cell.x, cell.y)
             if opts.review:
@@ -182,18 +236,23 @@ def finish_outputs(path: Path, name: str, reader, plan: ScanPlan, store: Progres
             yield cell
 
     cells_path = out / f"{name}.cells.csv"
-    counts, mean_conf = write_cells_csv(cells_path, cells(), classes, threshold)
+    counts, mean_conf = write_cells_csv(cells_path, first_cells(), classes, threshold)
     result.counts, result.mean_confidence = counts, mean_conf
+    result.unidentified_rate = (result.n_unidentified / result.n_wbc if result.n_wbc else 0.0) if threshold else None
     result.outputs["cells"] = cells_path
+    n_first = len(xy) if limit is None else min(limit, len(xy))  # xy holds every cell read; outputs the first n
     if opts.geojson:
         gj = out / f"{name}.geojson"
-        write_geojson(gj, (c for _, c in store.iter_cells()), classes, threshold, slide=name)
+        write_geojson(gj, itertools.islice((c for _, c in store.iter_cells()), limit), classes, threshold, slide=name)
         result.outputs["geojson"] = gj
     if opts.truth:
         tp = truth_path_for(path)
+        region = None
+        if area is not None and (area.mask is not None or result.stopped_early):
+            region = functools.partial(_in_tiles_and_area, area, plan, read_tiles or [])
         if tp.is_file():
             try:
-                result.truth = compare_with_truth(xy, labels, tp, plan.mpp, classes, MATCH_UM)
+                result.truth = compare_with_truth(xy, labels, tp, plan.mpp, classes, MATCH_UM, region=region)
             except WbcError as exc:  # the counts stand; only the comparison is lost
                 warn(f"{name}: no truth comparison: {exc}")
             else:
@@ -204,7 +263,8 @@ def finish_outputs(path: Path, name: str, reader, plan: ScanPlan, store: Progres
             warn(f"{name}: --truth given but there is no {tp.name} beside the slide")
     if opts.review:
         try:
-            result.outputs["review"] = write_review(out, name, reader, plan, review_cells, xy, classes, ctx.executor)
+            result.outputs["review"] = write_review(out, name, reader, plan, review_cells, xy[:n_first], classes,
+                                                     ctx.executor)
         except Exception as exc:  # noqa: BLE001 - a review aid must never cost the counts already written
             warn(f"{name}: review page not written ({type(exc).__name__}: {' '.join(str(exc).split())})")
     if collector is not None:
@@ -213,11 +273,36 @@ def finish_outputs(path: Path, name: str, reader, plan: ScanPlan, store: Progres
                         "wbc_deploy": __version__, "backend": ctx.backend.name, "mpp": result.mpp,
                         "mpp_source": result.mpp_source, "detection_mpp": round(plan.detect.mpp, 4),
                         "refine_mpp": round(plan.refine.mpp, 4), "fov_um": plan.crop.fov_um}
-            result.outputs.update(write_gallery(ctx.out_dir, name, reader, plan, collector, counts, classes, xy, labels, settings))
-        except WbcError as exc:
-            warn(f"{name}: gallery/report not written: {exc}")
-        except Exception as exc:  # noqa: BLE001 - a review aid must never cost the counts already written
-            warn(f"{name}: gallery/report not written ({type(exc).__name__}: {' '.join(str(exc).split())})")
+            result.outputs.update(write_gallery(ctx.out_dir, name, reader, plan, collector, counts, classes, xy[:n_first],
+                                                labels[:n_first],
+                                                settings, review=review_facts(result, area)))
+        except Exception as exc:  # noqa: BLE001 - review material is part of what --gallery promises
+            why = str(exc) if isinstance(exc, WbcError) else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            raise WbcError(f"gallery/report not written: {why} (the counts are in {cells_path.name}; "
+                           "rerun with --resume to write the review material again)") from None
+
+
+def _in_tiles_and_area(area: CountingArea, plan: ScanPlan, tiles: list[Tile], pts: np.ndarray) -> np.ndarray:
+    """Which level-0 points lie in the counting area and in the core of one of ``tiles``."""
+    keep = area.contains(pts[:, 0], pts[:, 1])
+    owned = np.zeros(len(pts), bool)
+    dx, dy = plan.detect.from_level0(pts[:, 0] - 0.5, pts[:, 1] - 0.5)
+    for t in tiles:
+        x0, y0, x1, y1 = t.core
+        owned |= (dx >= x0) & (dx < x1) & (dy >= y0) & (dy < y1)
+    return keep & owned
+
+
+def review_facts(result: SlideResult, area: CountingArea | None) -> dict:
+    """What the slide report shows besides the counts: the zones, the counting area and the quality flags."""
+    facts = {"n_wbc": result.n_wbc, "n_counted": result.n_counted, "n_unidentified": result.n_unidentified,
+             "area": result.area_note or result.area, "area_mm2": result.area_mm2, "wbc_per_mm2": result.wbc_per_mm2,
+             "max_wbc": result.max_wbc, "stopped_early": result.stopped_early,
+             "out_of_focus_fraction": result.out_of_focus_fraction, "unidentified_rate": result.unidentified_rate}
+    if area is not None:
+        facts["zones"] = area.zoning.zones
+        facts["counting_mask"] = area.mask
+    return facts
 
 
 # --------------------------------------------------------------------------- the run
@@ -246,7 +331,9 @@ def result_from_row(row: dict[str, str], path: Path, classes: list[str]) -> Slid
                     counts={c: num(f"n_{c}", int) or 0 for c in [*classes, UNIDENTIFIED]}, mean_confidence=num("mean_confidence"),
                     seconds=num("seconds") or 0.0, mpp=num("mpp"), mpp_source=row.get("mpp_source", ""),
                     tiles_total=num("tiles_total", int) or 0, tiles_scanned=num("tiles_scanned", int) or 0,
-                    previous_row=dict(row))
+                    previous_row=dict(row), max_wbc=num("max_wbc", int), stopped_early=row.get("stopped_early") == "true",
+                    area=row.get("area", ""), area_mm2=num("area_mm2"), wbc_per_mm2=num("wbc_per_mm2"),
+                    out_of_focus_fraction=num("out_of_focus_fraction"), unidentified_rate=num("unidentified_rate"))
     return r
 
 

@@ -107,10 +107,12 @@ class ProgressStore:
         self._fh = open(self.tiles_path, "a", encoding="utf-8")
         return indices
 
-    def append(self, tile_index: int, cells: list[StoredCell]) -> None:
-        """Commit one finished tile durably (one line, flushed and fsynced)."""
+    def append(self, tile_index: int, cells: list[StoredCell], focus: float | None = None) -> None:
+        """Commit one finished tile durably (one line, flushed and fsynced); ``focus``: its blur estimate (um)."""
         assert self._fh is not None, "store not started"
         rec = {"t": int(tile_index), "c": [[c.x, c.y, c.area_um2, c.probs, c.outline] for c in cells]}
+        if focus is not None:
+            rec["f"] = round(float(focus), 4)
         self._fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
@@ -127,6 +129,17 @@ class ProgressStore:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- reading ---------------------------------------------------------------------------------
+    def iter_tiles(self) -> Iterator[tuple[int, int, float | None]]:
+        """Every committed tile in order: (tile index, cells, focus blur estimate in um or None)."""
+        if not self.tiles_path.is_file():
+            return
+        with open(self.tiles_path, encoding="utf-8") as fh:
+            for line in fh:
+                if not line.endswith("\n"):
+                    break
+                rec = json.loads(line)
+                yield rec["t"], len(rec["c"]), rec.get("f")
+
     def iter_cells(self) -> Iterator[tuple[int, StoredCell]]:
         """Every committed cell in tile order then raster order within a tile: (tile index, cell)."""
         if not self.tiles_path.is_file():

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -57,9 +57,16 @@ def match_points(found: np.ndarray, truth: np.ndarray, radius: float) -> list[tu
 
 
 def compare_with_truth(found_xy: Iterable[tuple[float, float]], found_labels: list[str], truth_file: Path,
-                       mpp: float, classes: list[str], radius_um: float) -> TruthComparison:
-    """Match counted cells to the truth within ``radius_um`` and tally per-class counts and agreement."""
+                       mpp: float, classes: list[str], radius_um: float,
+                       region: Callable[[np.ndarray], np.ndarray] | None = None) -> TruthComparison:
+    """Match counted cells to the truth within ``radius_um`` and tally per-class counts and agreement.
+
+    ``region``: keeps the true cells of the area that was counted (N x 2 level-0 points -> bool).
+    """
     truth_xy, truth_labels = read_truth(truth_file)
+    if region is not None and len(truth_xy):
+        keep = np.asarray(region(truth_xy), bool)
+        truth_xy, truth_labels = truth_xy[keep], [lab for lab, k in zip(truth_labels, keep) if k]
     found = np.asarray(list(found_xy), dtype=np.float64).reshape(-1, 2)
     pairs = match_points(found, truth_xy, radius_um / mpp)
     truth_counts = {c: 0 for c in classes}

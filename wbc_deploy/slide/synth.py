@@ -19,6 +19,11 @@ some straddling tile seams at multiples of 512 and 1000 px (some at seam crossin
 touching pairs (cytoplasm touching, nuclei apart); otherwise WBCs keep at least 2 um apart. The
 truth file ``<stem>.truth.csv`` (``x,y,label``; WBC centres in level-0 pixels, where pixel (i, j)
 spans [i, i+1) x [j, j+1)) lists the WBCs sorted by (y, x); row k is WBC id k+1 of the scene.
+
+With ``zones`` (:class:`SmearZones`, ``synth slide --zones``) the smear has the three areas of a
+wedge smear along x: a thick end (several overlapping layers of red cells), a monolayer (red cells
+just touching, the single layer of the plain slides) and a feathered edge (red cells thinning out to
+glass); WBCs are spread over all three and the truth file gains a ``zone`` column.
 """
 from __future__ import annotations
 
@@ -35,12 +40,14 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ..classes import CLASSES
-from ..data.synth_cells import CLASS_FREQUENCIES, Scene, Stain, WbcSpec, make_wbc, scatter_red_cells
+from ..data.synth_cells import CLASS_FREQUENCIES, DiscSet, Scene, Stain, WbcSpec, make_wbc, scatter_red_cells
 from ..errors import WbcError
 from ..files import atomic_path
 
 __all__ = [
     "SEAM_PERIODS_PX",
+    "SMEAR_ZONES",
+    "SmearZones",
     "SyntheticSlide",
     "allocate_classes",
     "build_slide_scene",
@@ -161,6 +168,49 @@ class _Smear:
         return smear
 
 
+#: Zone codes of a smear, as :mod:`wbc_deploy.pipeline.zones` numbers them (0 is glass).
+SMEAR_ZONES: tuple[str, ...] = ("glass", "thick", "monolayer", "sparse")
+
+
+@dataclass(frozen=True)
+class SmearZones:
+    """The thick end, monolayer and feathered edge of a synthetic wedge smear, along x.
+
+    Positions are fractions of the slide's width: ``x < thick_end`` is the thick end, ``x >=
+    feather_start`` the feathered (sparse) edge, the monolayer lies between. The monolayer is one
+    layer of red cells (hard-core spacing 4.6 um: about half the glass covered, cells touching, as on
+    the plain synthetic slides); the thick end adds ``thick_layers - 1`` more independent layers on top
+    (overlapping cells, about 1.3 layers' absorbance with 4); across the feathered edge the monolayer's
+    red cells are thinned, their density falling linearly from ``feather_density[0]`` to
+    ``feather_density[1]`` times the monolayer's (coverage about 0.2 down to 0.04 layers).
+    The designed zones are the truth: each is chosen well inside the bands
+    :mod:`wbc_deploy.pipeline.zones` measures (red-cell coverage above 1 layer: thick; below 0.3: sparse).
+    """
+
+    thick_end: float = 0.3
+    feather_start: float = 0.7
+    thick_layers: int = 4
+    feather_density: tuple[float, float] = (0.45, 0.08)
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.thick_end < self.feather_start < 1.0):
+            raise WbcError(f"smear zones need 0 < thick_end < feather_start < 1, got {self.thick_end}, {self.feather_start}")
+        if self.thick_layers < 2:
+            raise WbcError(f"the thick end needs at least 2 layers of red cells, got {self.thick_layers}")
+
+    def code(self, x_frac: np.ndarray) -> np.ndarray:
+        """Zone code (1 thick, 2 monolayer, 3 sparse) at fractions of the slide width."""
+        x = np.asarray(x_frac, dtype=np.float64)
+        return np.where(x < self.thick_end, 1, np.where(x < self.feather_start, 2, 3)).astype(np.uint8)
+
+    def monolayer_keep(self, x_frac: np.ndarray) -> np.ndarray:
+        """Density of the first red-cell layer relative to the monolayer (1 except across the feathered edge)."""
+        x = np.asarray(x_frac, dtype=np.float64)
+        t = np.clip((x - self.feather_start) / (1.0 - self.feather_start), 0.0, 1.0)
+        a, b = self.feather_density
+        return np.where(x < self.feather_start, 1.0, a + (b - a) * t)
+
+
 @dataclass
 class SyntheticSlide:
     """A synthetic slide's scene and layout (level-0 size, mpp, which WBCs straddle seams / touch)."""
@@ -172,10 +222,33 @@ class SyntheticSlide:
     smear: _Smear
     seam_ids: list[int]  # 1-based WBC ids placed across a tile seam
     pairs: list[tuple[int, int]]  # 1-based ids of touching pairs
+    zones: SmearZones | None = None
 
     def truth_rows(self) -> list[tuple[float, float, str]]:
         """``(x, y, label)`` per WBC in level-0 pixels, in id order."""
         return [(w.x_um / self.mpp, w.y_um / self.mpp, w.label) for w in self.scene.wbcs]
+
+    def zone_map(self, shape: tuple[int, int]) -> np.ndarray:
+        """The designed zone codes (:data:`SMEAR_ZONES`; 0 glass) on a ``(rows, cols)`` grid over the slide.
+
+        Pixel centres are sampled; glass is where the smear outline is below one half. Without zones
+        the whole smear is monolayer.
+        """
+        rows, cols = shape
+        w_um, h_um = self.width * self.mpp, self.height * self.mpp
+        xs = (np.arange(cols) + 0.5) * (w_um / cols)
+        ys = (np.arange(rows) + 0.5) * (h_um / rows)
+        gx, gy = np.meshgrid(xs, ys)
+        code = self.zones.code(gx / w_um) if self.zones is not None else np.full(gx.shape, 2, np.uint8)
+        return np.where(self.smear.inside(gx, gy) >= 0.5, code, 0).astype(np.uint8)
+
+    def wbc_zones(self) -> list[str]:
+        """The zone name of each WBC, in id order."""
+        w_um = self.width * self.mpp
+        if self.zones is None:
+            return [SMEAR_ZONES[2]] * len(self.scene.wbcs)
+        codes = self.zones.code(np.array([w.x_um / w_um for w in self.scene.wbcs]))
+        return [SMEAR_ZONES[int(c)] for c in codes]
 
 
 class _Placer:
@@ -225,10 +298,16 @@ def _nuclei_apart(a: WbcSpec, b: WbcSpec) -> bool:
     return float(d.min()) >= _NUCLEUS_GAP_UM
 
 
-def build_slide_scene(width: int, height: int, n_cells: int, mpp: float = 0.25, seed: int = 0) -> SyntheticSlide:
+def _concat_discs(sets: list[DiscSet]) -> DiscSet:
+    return DiscSet(*(np.concatenate([getattr(d, f) for d in sets]) for f in DiscSet.__dataclass_fields__))
+
+
+def build_slide_scene(width: int, height: int, n_cells: int, mpp: float = 0.25, seed: int = 0,
+                      zones: SmearZones | None = None) -> SyntheticSlide:
     """The scene of a synthetic slide of ``width`` x ``height`` level-0 pixels at ``mpp``.
 
-    Deterministic for a seed. Raises WbcError when the cells cannot be placed without overlap.
+    Deterministic for a seed. ``zones``: a thick end, monolayer and feathered edge along x (None: one
+    monolayer, the plain slides, unchanged). Raises WbcError when the cells cannot be placed without overlap.
     """
     _check_args(width, height, n_cells, mpp, seed)
     rng = np.random.default_rng([int(seed), 0x51DE])
@@ -316,11 +395,22 @@ def build_slide_scene(width: int, height: int, n_cells: int, mpp: float = 0.25, 
     wbcs = [placer.specs[i] for i in order]
     rbcs, plts = scatter_red_cells((0.0, 0.0, w_um, h_um), rng, wbcs, density=float(rng.uniform(0.9, 1.1)),
                                    keep=smear.keep)
-    scene = Scene(wbcs, rbcs, plts, stain, noise_seed=int(rng.integers(2**31)))
+    noise_seed = int(rng.integers(2**31))
+    if zones is not None:
+        # thin the monolayer's red cells across the feathered edge (after the hard-core spacing, so the
+        # coverage falls in proportion), then add the thick end's extra layers
+        rbcs = rbcs.take(rng.uniform(0, 1, len(rbcs)) < zones.monolayer_keep(rbcs.x / w_um))
+        def thick(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+            return smear.keep(x, y) * (x < zones.thick_end * w_um)
+
+        layers = [scatter_red_cells((0.0, 0.0, zones.thick_end * w_um, h_um), rng, wbcs, keep=thick, platelets=False)[0]
+                  for _ in range(zones.thick_layers - 1)]
+        rbcs = _concat_discs([rbcs, *layers])
+    scene = Scene(wbcs, rbcs, plts, stain, noise_seed=noise_seed)
     return SyntheticSlide(
         scene=scene, width=int(width), height=int(height), mpp=float(mpp), smear=smear,
         seam_ids=sorted(new_id[i] for i in seam),
-        pairs=sorted(tuple(sorted((new_id[a], new_id[b]))) for a, b in pairs),
+        pairs=sorted(tuple(sorted((new_id[a], new_id[b]))) for a, b in pairs), zones=zones,
     )
 
 
@@ -402,10 +492,12 @@ def _aperio_description(width: int, height: int, tile: int, mpp: float, size: tu
 
 def write_synthetic_slide(path: str | Path, width: int, height: int, n_cells: int, mpp: float = 0.25,
                           seed: int = 0, *, tile: int = TILE_PX, compression_level: int = 1,
-                          progress: Callable[[int, int], None] | None = None) -> Path:
+                          progress: Callable[[int, int], None] | None = None, zones: SmearZones | None = None) -> Path:
     """Write a synthetic smear as a tiled pyramidal TIFF and its truth CSV; return the truth path.
 
     ``path`` ending in ``.svs`` gives an Aperio-style file, anything else a generic tiled TIFF.
+    ``zones``: a thick end, monolayer and feathered edge (:class:`SmearZones`); the truth CSV then has
+    a ``zone`` column (thick, monolayer or sparse) after ``label``.
     ``progress(done_tiles, total_tiles)`` is called as tiles are rendered. The same arguments give
     byte-identical files. Both files are written to temporary names and renamed when complete.
     """
@@ -418,7 +510,7 @@ def write_synthetic_slide(path: str | Path, width: int, height: int, n_cells: in
         raise WbcError(f"tile size must be a multiple of 16, got {tile}")
     if not path.parent.is_dir():
         raise WbcError(f"output directory {path.parent} does not exist")
-    slide = build_slide_scene(width, height, n_cells, mpp, seed)
+    slide = build_slide_scene(width, height, n_cells, mpp, seed, zones=zones)
     svs = path.suffix.lower() == ".svs"
     levels = pyramid_sizes(width, height)
     total = sum(-(-w // tile) * -(-h // tile) for w, h in levels)
@@ -467,9 +559,9 @@ def write_synthetic_slide(path: str | Path, width: int, height: int, n_cells: in
                     )
             buf = io.StringIO()
             wr = csv.writer(buf, lineterminator="\n")
-            wr.writerow(["x", "y", "label"])
-            for x, y, lab in slide.truth_rows():
-                wr.writerow([f"{x:.2f}", f"{y:.2f}", lab])
+            wr.writerow(["x", "y", "label", *(["zone"] if zones is not None else [])])
+            for (x, y, lab), zone in zip(slide.truth_rows(), slide.wbc_zones()):
+                wr.writerow([f"{x:.2f}", f"{y:.2f}", lab, *([zone] if zones is not None else [])])
             tmp_truth.write_text(buf.getvalue())
     except OSError as exc:
         raise WbcError(f"cannot write {path}: {exc.strerror or exc}") from None
