@@ -20,7 +20,7 @@ def train_command(
     pretrained: str = typer.Option(None, "--pretrained", help="imagenet, none, or per branch: resnet=imagenet,densenet=none."),
     backbone_weights: list[str] = typer.Option(None, "--backbone-weights", help="NAME=PATH of a local torchvision state dict (repeatable)."),
     epochs: int = typer.Option(None, "--epochs", help="Number of epochs (on --resume: the new total)."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Images per training batch."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Images per training batch (under torchrun: the global batch, split over the processes)."),
     lr: float = typer.Option(None, "--lr", help="RAdam learning rate."),
     mixup_alpha: float = typer.Option(None, "--mixup-alpha", help="Mixup Beta(alpha, alpha); 0 disables mixup."),
     img_size: int = typer.Option(None, "--img-size", help="Input size in pixels (crops are resized to it)."),
@@ -28,11 +28,15 @@ def train_command(
     seed: int = typer.Option(None, "--seed", help="Seed for the split, sampling, augmentation and init [default: 0]."),
     workers: int = typer.Option(None, "--workers", help="Data-loading worker processes [default: 0]."),
     balance: bool = typer.Option(None, "--balance/--no-balance", help="Oversample minority classes (augmented) up to the largest [default: balance]."),
+    augment: bool = typer.Option(None, "--augment/--no-augment", help="Rotation, flips, translation and colour jitter of training images [default: augment]."),
     device: str = typer.Option(None, "--device", help="auto, cpu or cuda[:N] [default: auto]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch, with its saved split."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Train the classifier (RAdam, mixup, class balancing; best-on-validation checkpoint) into RUN."""
+    """Train the classifier (RAdam, mixup, class balancing; best-on-validation checkpoint) into RUN.
+
+    On several processes: `torchrun --nproc-per-node N -m wbc_deploy train DATA --out RUN ...` (DDP, NCCL on GPUs, gloo on CPUs).
+    """
     from ..console import console
     from ..model import parse_backbone_weights
     from ..trainer.fit import train
@@ -43,8 +47,10 @@ def train_command(
         data, out, preset=preset, resume=resume, quiet=quiet,
         arch=arch, attention=attention, pretrained=pretrained, backbone_weights=weights, epochs=epochs,
         batch_size=batch_size, lr=lr, mixup_alpha=mixup_alpha, img_size=img_size, schedule=schedule, seed=seed, workers=workers,
-        balance=balance, device=device,
+        balance=balance, augment=augment, device=device,
     )
+    if result.rank:  # torchrun: rank 0 prints for the job
+        return
     split = "test" if "test" in result.metrics else "val"
     console.print(metrics_table(result.metrics[split], title=f"{result.card.arch} on the {split} split (best epoch {result.best_epoch})"))
     console.print(f"run: {result.run_dir}  ({result.seconds:.0f} s; model.safetensors, card.json, history.csv, curves.png, confusion.png)")
