@@ -133,6 +133,9 @@ def test_cli_on_a_running_scheduler(data, cluster, tmp_path, capsys):
     assert "error: broken: broken.svs: not a readable slide" in err
     rows = summary_rows(out / "summary.csv")
     assert rows["a"]["status"] == "ok" and int(rows["a"]["n_wbc"]) > 0 and rows["broken"]["status"] == "error"
+    # the model was opened on the workers for this run only: a long-lived cluster does not collect them
+    left = cluster["client"].run(lambda dask_worker: [n for n in dask_worker.plugins if n.startswith("wbc-deploy-model")])
+    assert left and all(v == [] for v in left.values())
 
 
 # --------------------------------------------------------------------------- checks before anything is written

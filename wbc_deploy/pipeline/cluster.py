@@ -6,7 +6,8 @@
 - **Check** (before anything is written): every worker must read the slides and the model at the same
   paths as this machine (shared storage) and see the same model bytes; otherwise one line names the
   worker and the path.
-- **Model**: a WorkerPlugin opens it once per worker process (:mod:`.cluster_worker`), not per slide.
+- **Model**: a WorkerPlugin opens it once per worker process (:mod:`.cluster_worker`), not per slide, and
+  is unregistered (the model closed) when the run ends, so a long-lived cluster does not collect models.
 - **Slides**: each is counted on a worker by :func:`.run.count_one`, the local path's code, into a
   scratch folder; its files come back as bytes and the client writes them atomically, then
   summary.csv, slide after slide as they finish (rows stay in input order). cells.csv is the same
@@ -91,9 +92,6 @@ class ClusterOptions:
             raise WbcError(f"--workers must be at least 1, got {self.slide_threads}")
         if options.executor != "thread":
             raise WbcError("--executor process is for the local path: on a cluster each Dask worker is its own process")
-
-    def describe(self) -> str:
-        return f"LocalCluster of {self.local_workers}" if self.local_workers else f"scheduler {self.scheduler}"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -208,68 +206,81 @@ def count_on_cluster(copts: ClusterOptions, run: RunResult, model: str | Path, m
     Called by :func:`.run.count_slides` once the model is open and the slides are listed; connection
     and shared-storage problems raise WbcError before summary.csv is written.
     """
-    from .run import remove_outputs
-
     copts.validate(options)
-    out = run.out_dir
     model_abs = Path(model).absolute()
     pending = [i for i, r in enumerate(run.slides) if r.status == STATUS_PENDING]
     abs_paths = {i: str(run.slides[i].path.absolute()) for i in pending}
     with connect(copts) as client:
-        from distributed import as_completed
-
-        from .cluster_worker import ModelPlugin, count_slide_task
+        from .cluster_worker import ModelPlugin
 
         host_threads = check_workers(client, [Path(abs_paths[i]) for i in pending if run.slides[i].path.is_file()],
                                      model_abs, model_sha)
         plugin = ModelPlugin(f"wbc-deploy-model-{uuid.uuid4().hex[:12]}", str(model_abs), options.backend,
                              options.backend_options, host_threads, copts.slide_threads)
         client.register_plugin(plugin, name=plugin.name)
-        write_summary(run.summary_path, run.slides, run.classes)
-        futures = {}
-        started: dict[int, float] = {}
-        for i in pending:
-            r = run.slides[i]
-            remove_outputs(out, r.slide)
-            store = ProgressStore(out, r.slide)
-            partial = _read_partial(store) if options.resume and store.exists() else None
-            if not options.resume:
-                store.discard()
-            key = f"wbc-count-{r.slide}-{uuid.uuid4().hex[:8]}"
-            futures[client.submit(count_slide_task, r, abs_paths[i], options, plugin.name, partial,
-                                  key=key, pure=False, retries=0)] = i
-            started[i] = time.perf_counter()
-        n_workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
-        cells = 0
-        t0 = time.perf_counter()
-        with make_progress(options.quiet, TextColumn("{task.fields[wbc]} WBC"), TextColumn("{task.fields[rate]}")) as progress:
-            task = progress.add_task(f"slides ({copts.describe()}: {n_workers} workers)", total=len(pending), wbc=0, rate="")
+        try:
+            _run_tasks(client, plugin.name, run, options, pending, abs_paths, backend.name)
+        finally:  # close the model on the workers: a long-lived cluster must not collect one per run
             try:
-                for fut in as_completed(futures):
-                    i = futures.pop(fut)
-                    r = run.slides[i]
-                    try:
-                        outcome = fut.result()
-                    except Exception as exc:  # noqa: BLE001 - a lost worker or a cancelled task fails this slide only
-                        r.status, r.error = _failure(exc)
-                        r.seconds, r.backend = time.perf_counter() - started[i], backend.name
-                    else:
-                        r = run.slides[i] = _take(outcome, r, out, abs_paths[i])
-                    fut.release()
-                    run.interrupted = r.status == STATUS_INTERRUPTED
-                    write_summary(run.summary_path, run.slides, run.classes)
-                    cells += r.n_wbc if r.status == STATUS_OK else 0
-                    el = time.perf_counter() - t0
-                    done = len(pending) - len(futures)
-                    progress.update(task, advance=1, wbc=cells, rate=f"{3600 * done / el:.0f} slides/h" if el > 0 else "")
-                    if run.interrupted:
-                        break
-            except KeyboardInterrupt:
-                run.interrupted = True
-            if run.interrupted:
-                client.cancel(list(futures))
-                for i in futures.values():
-                    r = run.slides[i]
-                    r.status, r.error = STATUS_INTERRUPTED, "interrupted: rerun with --resume to continue"
-                write_summary(run.summary_path, run.slides, run.classes)
+                client.unregister_worker_plugin(plugin.name)
+            except Exception:  # noqa: BLE001 - a worker lost at the very end must not hide the run's result
+                pass
     return run
+
+
+def _run_tasks(client, plugin_name: str, run: RunResult, options: CountOptions,
+               pending: list[int], abs_paths: dict[int, str], backend_name: str) -> None:
+    """Submit one task per pending slide; write each slide's outputs and summary.csv as the tasks finish."""
+    from distributed import as_completed
+
+    from .cluster_worker import count_slide_task
+    from .run import remove_outputs
+
+    out = run.out_dir
+    write_summary(run.summary_path, run.slides, run.classes)
+    futures = {}
+    started: dict[int, float] = {}
+    for i in pending:
+        r = run.slides[i]
+        remove_outputs(out, r.slide)
+        store = ProgressStore(out, r.slide)
+        partial = _read_partial(store) if options.resume and store.exists() else None
+        if not options.resume:
+            store.discard()
+        key = f"wbc-count-{r.slide}-{uuid.uuid4().hex[:8]}"
+        futures[client.submit(count_slide_task, r, abs_paths[i], options, plugin_name, partial,
+                              key=key, pure=False, retries=0)] = i
+        started[i] = time.perf_counter()
+    n_workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+    cells = 0
+    t0 = time.perf_counter()
+    with make_progress(options.quiet, TextColumn("{task.fields[wbc]} WBC"), TextColumn("{task.fields[rate]}")) as progress:
+        task = progress.add_task(f"slides on {n_workers} Dask workers", total=len(pending), wbc=0, rate="")
+        try:
+            for fut in as_completed(futures):
+                i = futures.pop(fut)
+                r = run.slides[i]
+                try:
+                    outcome = fut.result()
+                except Exception as exc:  # noqa: BLE001 - a lost worker or a cancelled task fails this slide only
+                    r.status, r.error = _failure(exc)
+                    r.seconds, r.backend = time.perf_counter() - started[i], backend_name
+                else:
+                    r = run.slides[i] = _take(outcome, r, out, abs_paths[i])
+                fut.release()
+                run.interrupted = r.status == STATUS_INTERRUPTED
+                write_summary(run.summary_path, run.slides, run.classes)
+                cells += r.n_wbc if r.status == STATUS_OK else 0
+                el = time.perf_counter() - t0
+                done = len(pending) - len(futures)
+                progress.update(task, advance=1, wbc=cells, rate=f"{3600 * done / el:.0f} slides/h" if el > 0 else "")
+                if run.interrupted:
+                    break
+        except KeyboardInterrupt:
+            run.interrupted = True
+        if run.interrupted:
+            client.cancel(list(futures))
+            for i in futures.values():
+                r = run.slides[i]
+                r.status, r.error = STATUS_INTERRUPTED, "interrupted: rerun with --resume to continue"
+            write_summary(run.summary_path, run.slides, run.classes)

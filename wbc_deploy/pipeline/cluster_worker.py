@@ -3,7 +3,8 @@
 - :func:`worker_facts` (``client.run`` on every worker at the start): the first slide or model path
   the worker cannot read, the sha256 of the model it sees, its host, cores and threads.
 - :class:`ModelPlugin`: a WorkerPlugin that opens the model once per worker process, at its first slide
-  (a worker the nanny restarts gets the plugin again), and closes it with the worker.
+  (a worker the nanny restarts gets the plugin again), and closes it when the run unregisters it (or with
+  the worker).
 - :func:`count_slide_task`: one slide through :func:`wbc_deploy.pipeline.run.count_one`, the local
   path's own code, into a scratch folder on the worker; the output files go back to the client as bytes.
 """
@@ -75,7 +76,7 @@ def slide_threads_for(host_threads: dict[str, int]) -> int:
 
 
 class ModelPlugin(WorkerPlugin):
-    """Holds the worker process's one open model; opened at the first slide, closed with the worker."""
+    """Holds the worker process's one open model; opened at the first slide, closed at the end of the run."""
 
     def __init__(self, name: str, model: str, backend: str | None, backend_options: dict,
                  host_threads: dict[str, int], slide_threads: int | None) -> None:
