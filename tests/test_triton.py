@@ -133,3 +133,78 @@ def test_a_bad_model_name_is_refused_before_anything_is_written(linear, tmp_path
     with pytest.raises(WbcError, match="Triton model name"):
         write_onnx_model(tmp_path / "repo", "a b", linear, read_onnx_card(linear))
     assert not (tmp_path / "export").exists() and not (tmp_path / "repo").exists()
+
+
+# --------------------------------------------------------------------------- a live server, where one runs
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http(url: str, body: dict | None = None) -> tuple[int, dict]:
+    """GET (or POST ``body`` as JSON) on Triton's KServe v2 HTTP endpoint; (status, JSON reply)."""
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            text = resp.read().decode()
+            return resp.status, json.loads(text) if text else {}
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+
+
+@pytest.mark.slow
+def test_a_real_triton_server_serves_the_exported_repository(linear, tmp_path):
+    """With ``tritonserver`` on PATH (NVIDIA's Triton container), the exported repository loads and answers
+    as onnxruntime does, through Triton's KServe v2 HTTP protocol (plain JSON, no client extra needed).
+    Triton has no pip-installable server for this machine, so elsewhere the test is skipped."""
+    import shutil
+    import subprocess
+    import time
+
+    import numpy as np
+
+    server = shutil.which("tritonserver")
+    if server is None:
+        pytest.skip("tritonserver is not on PATH (it ships in NVIDIA's Triton container; no server installs on this "
+                    "machine): the repository is checked against Triton's schema above instead")
+    repo = tmp_path / "repo"
+    main(["export", str(linear), "--out", str(tmp_path / "export"), "--triton", str(repo), "--triton-name", "wbc", "-q"])
+    port = _free_port()
+    log = (tmp_path / "tritonserver.log").open("w")
+    proc = subprocess.Popen([server, "--model-repository", str(repo), "--http-port", str(port), "--allow-grpc", "false",
+                             "--allow-metrics", "false"], stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/v2"
+    try:
+        deadline = time.monotonic() + 120
+        while _http(f"{base}/models/wbc/ready")[0] != 200:
+            assert proc.poll() is None, (tmp_path / "tritonserver.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "Triton did not load the model within 120 s"
+            time.sleep(1)
+        status, config = _http(f"{base}/models/wbc/config")
+        assert status == 200 and config["platform"] == "onnxruntime_onnx" and config["max_batch_size"] == 64
+        card = read_onnx_card(linear)
+        x = np.random.default_rng(0).standard_normal((3, 3, card.input_size, card.input_size)).astype(np.float32)
+        session = ort.InferenceSession(str(linear), providers=["CPUExecutionProvider"])
+        inp, out = session.get_inputs()[0].name, session.get_outputs()[0].name
+        status, reply = _http(f"{base}/models/wbc/infer", {
+            "inputs": [{"name": inp, "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}],
+            "outputs": [{"name": out}]})
+        assert status == 200
+        got = np.asarray(reply["outputs"][0]["data"], dtype=np.float32).reshape(reply["outputs"][0]["shape"])
+        np.testing.assert_allclose(got, session.run([out], {inp: x})[0], rtol=1e-5, atol=1e-6)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

@@ -202,15 +202,17 @@ class DistContext:
         """Every ``world_size``-th item from this rank's index (evaluation)."""
         return Subset(ds, range(self.rank, len(ds), self.world_size)) if self.active else ds
 
-    def gather_eval(self, loss_sum: float, pred: np.ndarray, n: int) -> tuple[float, np.ndarray]:
-        """Undo :meth:`shard`: the summed loss and the predictions of every item in dataset order."""
+    def gather_eval(self, loss_sum: float, per_item: np.ndarray, n: int) -> tuple[float, np.ndarray]:
+        """Undo :meth:`shard`: the summed loss and the per-item rows (predictions, logits) of every item in
+        dataset order."""
         if not self.active:
-            return loss_sum, pred
+            return loss_sum, per_item
         import torch.distributed as dist
 
         parts: list[Any] = [None] * self.world_size
-        dist.all_gather_object(parts, (float(loss_sum), np.asarray(pred)))
-        full = np.zeros(n, dtype=np.int64)
+        dist.all_gather_object(parts, (float(loss_sum), np.asarray(per_item)))
+        first = np.asarray(parts[0][1])
+        full = np.zeros((n, *first.shape[1:]), dtype=first.dtype)
         for r, (_, p) in enumerate(parts):
             full[r::self.world_size] = p
         return float(sum(loss for loss, _ in parts)), full
