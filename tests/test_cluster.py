@@ -138,6 +138,38 @@ def test_cli_on_a_running_scheduler(data, cluster, tmp_path, capsys):
     assert left and all(v == [] for v in left.values())
 
 
+def _inline_max(limit: int) -> int:
+    """Set this process's review-page inline limit (on Dask workers through ``client.run``); returns the old one."""
+    from wbc_deploy.pipeline import review
+
+    old, review.INLINE_MAX_CELLS = review.INLINE_MAX_CELLS, limit
+    return old
+
+
+def test_review_pages_and_their_thumbnail_folders_come_back(data, cluster, tmp_path, monkeypatch):
+    """--review on a cluster: the page and its <slide>.review/ thumbnail folder (used beyond the inline limit,
+    set to 0 here on the workers and in this process) are written as the local path writes them."""
+    from wbc_deploy.pipeline import review
+
+    monkeypatch.setattr(review, "INLINE_MAX_CELLS", 0)
+    slide = data["slides"] / "a.svs"
+    local = tmp_path / "local"
+    assert count_slides([slide], data["model"], local, opts(review=True)).exit_code == 0
+    client = cluster["client"]
+    old = client.run(_inline_max, 0)
+    try:
+        out = tmp_path / "out"
+        run = count_slides([slide], data["model"], out, opts(review=True), cluster=ClusterOptions(scheduler=cluster["address"]))
+    finally:
+        client.run(_inline_max, next(iter(old.values())))
+    assert run.exit_code == 0
+    thumbs = sorted(p.relative_to(local).as_posix() for p in (local / "a.review").rglob("*") if p.is_file())
+    assert thumbs and thumbs == sorted(p.relative_to(out).as_posix() for p in (out / "a.review").rglob("*") if p.is_file())
+    assert all((out / t).read_bytes() == (local / t).read_bytes() for t in thumbs)
+    assert (out / "a.review.html").is_file() and (out / "a.cells.csv").read_bytes() == (local / "a.cells.csv").read_bytes()
+    assert_nothing_half_written(out)
+
+
 # --------------------------------------------------------------------------- checks before anything is written
 
 

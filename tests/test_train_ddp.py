@@ -107,6 +107,9 @@ def test_torchrun_training_with_resume_matches_one_process(tmp_path):
     assert card["training"]["world_size"] == 2 and card["training"]["epochs_completed"] == 2
     assert card["training"]["hyperparameters"]["batch_size"] == 16  # the global batch
     assert (two / "split.csv").read_text() == (single / "split.csv").read_text()
+    # the temperature is fitted on the validation logits gathered from both processes' shards
+    t1 = json.loads((single / "card.json").read_text())["temperature"]
+    assert card["temperature"] != 1.0 and abs(card["temperature"] - t1) <= 1e-2 * t1, (card["temperature"], t1)
     h1, h2 = _history(single), _history(two)
     assert [r["epoch"] for r in h2] == [1, 2]
     for a, b in zip(h1, h2):

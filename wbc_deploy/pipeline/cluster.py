@@ -188,8 +188,10 @@ def _take(outcome, r: SlideResult, out: Path, abs_path: str) -> SlideResult:
         err_console.print(Text.from_ansi(line), highlight=False)
     store = ProgressStore(out, r.slide)
     if res.status == STATUS_OK:
-        for name, data in outcome.files.items():
-            atomic_write_bytes(out / name, data)
+        for name, data in outcome.files.items():  # relative posix paths (a review page's thumbnail folder)
+            target = out / Path(*name.split("/"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(target, data)
         res.outputs = {k: out / Path(v).name for k, v in res.outputs.items()}
         store.discard()
     elif outcome.partial:  # as on the local path, a slide that stopped keeps its finished tiles for --resume

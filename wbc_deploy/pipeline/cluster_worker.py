@@ -163,7 +163,8 @@ def count_slide_task(result: SlideResult, path: str, options: CountOptions, plug
             count_one(result, ctx)
         store = ProgressStore(scratch, result.slide)
         if result.status == STATUS_OK:
-            files = {f.name: f.read_bytes() for f in sorted(scratch.iterdir()) if f.is_file()}
+            files = {f.relative_to(scratch).as_posix(): f.read_bytes() for f in sorted(scratch.rglob("*"))
+                     if f.is_file() and store.dir not in f.parents}  # with --review's <slide>.review/ folder
         elif store.exists():
             kept = {f.name: f.read_bytes() for f in (store.settings_path, store.tiles_path) if f.is_file()}
         return SlideOutcome(result=result, files=files, partial=kept, warnings=captured.get(), worker=worker.address)
