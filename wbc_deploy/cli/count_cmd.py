@@ -25,7 +25,8 @@ def count_command(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     backend: str = typer.Option(None, "--backend", help="ort, trt or torch (default: from the model file's type)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Cell crops per inference batch."),
-    workers: int = typer.Option(None, "--workers", help="Reading/segmentation workers (default: one per CPU core, at most 8)."),
+    workers: int = typer.Option(None, "--workers", help="Reading/segmentation workers (default: one per CPU core, at most 8); "
+                                                          "on a cluster, per slide on each worker (default: its host's cores over its worker threads)."),
     executor: str = typer.Option("thread", "--executor", help="Worker kind: thread or process."),
     mpp: float = typer.Option(None, "--mpp", help="Microns per level-0 pixel, overriding the slide's (default: the slide's, "
                                                    "else estimated from red cells)."),
@@ -43,10 +44,16 @@ def count_command(
                              "monolayer when one is found, else all (the output says which)."),
     truth: bool = typer.Option(False, "--truth", help="Compare with <slide>.truth.csv beside each slide (x,y,label)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables (summary.csv is still written)."),
+    cluster: str = typer.Option(None, "--cluster", help="local:N: count the slides on a Dask LocalCluster of N worker processes "
+                                                          "here (needs wbc-deploy[cluster])."),
+    scheduler: str = typer.Option(None, "--scheduler", help="Count on a running Dask cluster: its scheduler's address "
+                                                              "(tcp://host:8786) or scheduler file. Workers must see the slides "
+                                                              "and the model at the same paths."),
 ) -> None:
     """Count the white blood cells of slides into a differential (per-cell and per-slide CSVs)."""
     from ..console import console, err_console
     from ..pipeline import CountOptions, count_slides
+    from ..pipeline.cluster import ClusterOptions
     from ..pipeline.options import default_workers
 
     options = CountOptions(
@@ -54,7 +61,9 @@ def count_command(
         executor=executor, mpp=mpp, resume=resume, geojson=geojson, gallery=gallery, gallery_k=gallery_k,
         review=review, truth=truth, quiet=quiet, confidence_threshold=confidence_threshold, max_wbc=max_wbc, area=area,
     )
-    run = count_slides(inputs, model, out, options)
+    # on a cluster --workers is per slide on a worker (default: the worker host's cores over its slide slots)
+    cluster_options = ClusterOptions.from_cli(cluster, scheduler, slide_threads=workers)
+    run = count_slides(inputs, model, out, options, cluster=cluster_options)
     if not quiet:
         print_run(run, console)
     for r in run.slides:  # failures reach stderr even with --quiet: scripts see why the exit code is not 0

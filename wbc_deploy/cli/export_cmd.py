@@ -33,6 +33,13 @@ def export_command(
     n_random: int = typer.Option(8, "--n-random", help="Random N(0,1) inputs added to the verification."),
     n_calib: int = typer.Option(128, "--n-calib", help="Images sampled from --calib for INT8 calibration."),
     int8_format: str = typer.Option("qdq", "--int8-format", help="INT8 graph format: qdq or qoperator."),
+    triton: Path = typer.Option(None, "--triton", help="Also write a Triton Inference Server model repository here: "
+                                                        "REPO/<name>/config.pbtxt and 1/model.onnx (1/model.plan for --trt)."),
+    triton_name: str = typer.Option(None, "--triton-name", help="Triton model name [default: the architecture]; FP16, INT8 "
+                                                                 "and TensorRT models get -fp16, -int8, -trt."),
+    triton_max_batch: int = typer.Option(64, "--triton-max-batch", help="Largest batch Triton's dynamic batcher forms for "
+                                                                         "ONNX models (engines: their profile's max)."),
+    triton_instances: int = typer.Option(1, "--triton-instances", help="Model instances per device (instance_group count)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Export a trained model for deployment and print what was written and how it verified."""
@@ -50,6 +57,7 @@ def export_command(
         fp16=fp16, int8=int8, trt=trt, verify=verify, calib=calib, data=data, opset=opset, exporter=exporter,
         n_verify=n_images, n_random=n_random, n_calib=n_calib, int8_format=int8_format, trt_min_batch=min_batch, trt_opt_batch=opt_batch,
         trt_max_batch=max_batch, trt_workspace_mb=workspace_mb, trt_int8=trt_int8, trt_timing_cache=timing_cache, device=device,
+        triton=triton, triton_name=triton_name, triton_max_batch=triton_max_batch, triton_instances=triton_instances,
     )
     with make_progress(quiet) as progress:
         total = count_steps(options, from_onnx=model.suffix.lower() == ".onnx")
@@ -67,6 +75,8 @@ def export_command(
         for a in report.artefacts:
             table.add_row(a.path.name, a.format, a.precision, f"{a.size_mb:.1f}", f"{a.seconds:.1f}", a.check)
         console.print(table)
+    for config in report.triton:
+        console.print(f"Triton model {config.parent.name}: {config.parent}", highlight=False)
     for note in report.notes:
         warn(note)
     if not quiet:

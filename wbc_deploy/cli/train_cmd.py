@@ -22,7 +22,7 @@ def train_command(
     pretrained: str = typer.Option(None, "--pretrained", help="imagenet, none, or per branch: resnet=imagenet,densenet=none."),
     backbone_weights: list[str] = typer.Option(None, "--backbone-weights", help="NAME=PATH of a local torchvision state dict (repeatable)."),
     epochs: int = typer.Option(None, "--epochs", help="Number of epochs (on --resume: the new total)."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Images per training batch."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Images per training batch (under torchrun: the global batch, split over the processes)."),
     lr: float = typer.Option(None, "--lr", help="RAdam learning rate."),
     mixup_alpha: float = typer.Option(None, "--mixup-alpha", help="Mixup Beta(alpha, alpha); 0 disables mixup."),
     img_size: int = typer.Option(None, "--img-size", help="Input size in pixels (crops are resized to it)."),
@@ -47,7 +47,10 @@ def train_command(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch, with its saved split."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Train the classifier (RAdam, mixup, class balancing; best-on-validation checkpoint) into RUN."""
+    """Train the classifier (RAdam, mixup, class balancing; best-on-validation checkpoint) into RUN.
+
+    On several processes: `torchrun --nproc-per-node N -m wbc_deploy train DATA --out RUN ...` (DDP, NCCL on GPUs, gloo on CPUs).
+    """
     from ..console import console
     from ..model import parse_backbone_weights
     from ..trainer.fit import train
@@ -61,6 +64,8 @@ def train_command(
         balance=balance, device=device, mpp=mpp, fov_um=fov_um, colour_aug=colour_aug, scale_jitter=scale_jitter, stain=stain,
         init=init, calibrate=calibrate, unidentified_below=unidentified_below, augment=augment,
     )
+    if result.rank:  # torchrun: rank 0 prints for the job
+        return
     split = "test" if "test" in result.metrics else "val"
     console.print(metrics_table(result.metrics[split], title=f"{result.card.arch} on the {split} split (best epoch {result.best_epoch})"))
     console.print(f"run: {result.run_dir}  ({result.seconds:.0f} s; model.safetensors, card.json, history.csv, curves.png, confusion.png)")

@@ -57,6 +57,11 @@ class ExportOptions:
     trt_timing_cache: Path | None = None
     device: int = 0
     seed: int = 0
+    #: Also write a Triton model repository here (REPO/<name>/config.pbtxt + 1/model.onnx|model.plan).
+    triton: Path | None = None
+    triton_name: str | None = None
+    triton_max_batch: int = 64
+    triton_instances: int = 1
 
 
 @dataclass
@@ -84,6 +89,8 @@ class ExportReport:
     comparisons: list[Comparison] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     failure: str | None = None
+    #: config.pbtxt of each model written to the Triton repository (``--triton``)
+    triton: list[Path] = field(default_factory=list)
 
     def raise_for_failure(self) -> None:
         if self.failure:
@@ -97,6 +104,7 @@ class ExportReport:
             "comparisons": [c.to_dict() for c in self.comparisons],
             "notes": self.notes,
             "failure": self.failure,
+            "triton": [str(p) for p in self.triton],
         }
 
 
@@ -122,7 +130,8 @@ def output_paths(out: str | Path) -> dict[str, Path]:
 def count_steps(opts: ExportOptions, from_onnx: bool = False) -> int:
     """How many ``step`` calls :func:`export_model` makes for these options (for a progress bar)."""
     needs_data = opts.verify or opts.fp16 or opts.int8 or opts.trt
-    return 1 + int(needs_data) + int(not from_onnx) + int(opts.verify) + int(opts.fp16) + int(opts.int8) + 2 * int(opts.trt)
+    return (1 + int(needs_data) + int(not from_onnx) + int(opts.verify) + int(opts.fp16) + int(opts.int8) + 2 * int(opts.trt)
+            + int(opts.triton is not None))
 
 
 def _size_mb(path: Path) -> float:
@@ -179,6 +188,13 @@ def export_model(
         raise WbcError("--int8 needs calibration images: add --calib DIR (a folder of cell crops, e.g. your training data)")
     if opts.trt_int8 and opts.calib is None:
         raise WbcError("a TensorRT INT8 engine needs calibration images: add --calib DIR")
+    if opts.triton is not None:
+        from .triton import check_name
+
+        if opts.triton_name is not None:
+            check_name(opts.triton_name)
+        if opts.triton_max_batch < 1 or opts.triton_instances < 1:
+            raise WbcError("--triton-max-batch and --triton-instances must be at least 1")
     paths = output_paths(out)
     if opts.trt:  # fail before any work when TensorRT or the GPU is missing
         from ..runtime.trt_backend import gpu_identity, import_tensorrt
@@ -304,6 +320,12 @@ def export_model(
         flips = round((1 - r.top1_agreement) * r.n)
         if r.candidate != "ort fp32" and r.passed is None and flips > max(1, 0.01 * r.n):
             report.notes.append(f"{r.candidate} agrees with FP32 on only {100 * r.top1_agreement:.1f}% of {r.n} images: check it on labelled data with `wbc-deploy evaluate` before deploying")
+    if opts.triton is not None and report.failure is None:
+        from .triton import write_repository
+
+        say(f"writing the Triton model repository {opts.triton}")
+        report.triton = write_repository(opts.triton, report.artefacts, deploy_card, opts.triton_name,
+                                         max_batch_size=opts.triton_max_batch, instances=opts.triton_instances)
     atomic_write_text(paths["report"], json.dumps(report.to_dict(), indent=2) + "\n")
     return report
 

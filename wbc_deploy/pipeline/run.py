@@ -205,6 +205,29 @@ def slide_quality(store: ProgressStore, plan: ScanPlan, area: CountingArea, resu
     return read
 
 
+def count_one(r: SlideResult, ctx: RunContext) -> SlideResult:
+    """Count one pending slide into ``ctx.out_dir``: ``r`` ends ``ok``, or ``error``/``interrupted`` with the reason.
+
+    The one entry point of a slide for the local loop and for Dask workers (:mod:`.cluster`): a bad
+    slide never raises, so the other slides of the run go on.
+    """
+    t0 = time.perf_counter()
+    try:
+        count_slide(r.path, ctx, r)
+    except WbcError as exc:
+        r.status, r.error = STATUS_ERROR, str(exc)
+    except (KeyboardInterrupt, CountInterrupted):
+        r.status, r.error = STATUS_INTERRUPTED, "interrupted: rerun with --resume to continue"
+    except MemoryError:
+        r.status, r.error = STATUS_ERROR, "out of memory (try a smaller --batch-size or fewer --workers)"
+    except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the others
+        r.status, r.error = STATUS_ERROR, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'unexpected error'}"
+    if r.status != STATUS_OK:
+        r.seconds = time.perf_counter() - t0
+        r.backend = ctx.backend.name
+    return r
+
+
 def finish_outputs(path: Path, name: str, reader, plan: ScanPlan, store: ProgressStore, ctx: RunContext, result: SlideResult,
                    area: CountingArea | None = None, read_tiles: list[Tile] | None = None) -> None:
     """Assemble cells.csv (and GeoJSON, truth comparison, galleries) from the progress store.
@@ -388,13 +411,14 @@ def make_executor(options: CountOptions) -> Executor:
 
 
 def count_slides(inputs, model: str | Path, out_dir: str | Path, options: CountOptions | None = None,
-                 backend=None) -> RunResult:
+                 backend=None, cluster=None) -> RunResult:
     """Count every slide of ``inputs`` (files or folders) with ``model`` into ``out_dir``.
 
     Bad options or model raise WbcError before anything is written. A slide that cannot be read gets
     ``status=error`` and its reason; the others are still counted. ``backend`` may be an already
     open Backend (then ``model`` is only used for its hash). Returns a RunResult whose ``exit_code``
-    is 0, 3 (some slide failed) or 130 (interrupted).
+    is 0, 3 (some slide failed) or 130 (interrupted). ``cluster``: a :class:`.cluster.ClusterOptions` to
+    count the slides on Dask workers instead of here (same outputs).
     """
     options = options or CountOptions()
     options.validate()
@@ -432,6 +456,10 @@ def count_slides(inputs, model: str | Path, out_dir: str | Path, options: CountO
         run = RunResult(slides=results, classes=classes, out_dir=out, summary_path=summary_path, backend=backend.name)
         if options.resume:
             check_resumable([r.slide for r in results if r.status == STATUS_PENDING], out, model_sha, options)
+        if cluster is not None:
+            from .cluster import count_on_cluster
+
+            return count_on_cluster(cluster, run, resolved, model_sha, options, backend)  # a bundled name as its path
         write_summary(summary_path, results, classes)
         params = SegmentParams()
         with ExitStack() as stack:
@@ -443,21 +471,8 @@ def count_slides(inputs, model: str | Path, out_dir: str | Path, options: CountO
             for r in results:
                 if r.status != STATUS_PENDING:
                     continue
-                t0 = time.perf_counter()
-                try:
-                    count_slide(r.path, ctx, r)
-                except WbcError as exc:
-                    r.status, r.error = STATUS_ERROR, str(exc)
-                except (KeyboardInterrupt, CountInterrupted):
-                    r.status, r.error = STATUS_INTERRUPTED, "interrupted: rerun with --resume to continue"
-                    run.interrupted = True
-                except MemoryError:
-                    r.status, r.error = STATUS_ERROR, "out of memory (try a smaller --batch-size or fewer --workers)"
-                except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the others
-                    r.status, r.error = STATUS_ERROR, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'unexpected error'}"
-                if r.status != STATUS_OK:
-                    r.seconds = time.perf_counter() - t0
-                    r.backend = backend.name
+                count_one(r, ctx)
+                run.interrupted = r.status == STATUS_INTERRUPTED
                 write_summary(summary_path, results, classes)
                 if run.interrupted:
                     break

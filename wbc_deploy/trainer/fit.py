@@ -39,6 +39,7 @@ from ..errors import WbcError
 from ..files import AtomicWriter
 from ..metrics import compute_metrics
 from ..model.outputs import split_logits
+from . import distributed
 from .checkpoint import CHECKPOINT_NAME, LAST_NAME, load_state, load_training_state, save_checkpoint, save_training_state
 from .config import TrainConfig, make_config
 from .report import plot_confusion, plot_curves
@@ -63,6 +64,8 @@ class TrainResult:
     best_epoch: int
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    rank: int = 0  # torchrun: this process's rank (only rank 0 writes and prints)
+    world_size: int = 1
 
 
 def pick_device(name: str) -> torch.device:
@@ -137,7 +140,8 @@ class Trainer:
         self.explicit = set(explicit)
         self.on_epoch = on_epoch
         self.out = Path(config.out).expanduser()
-        self.device = pick_device(config.device)
+        self.dist, self.device = distributed.setup(pick_device(config.device))  # torchrun: this rank's device
+        self.quiet = quiet or not self.dist.is_lead
         self._manifest_root: Path | None = None  # set when a new split must be written
         self._early_model: tuple[nn.Module, ModelCard] | None = None
 
@@ -249,11 +253,12 @@ class Trainer:
     def _train_epoch(self, model: nn.Module, ds: CellDataset, sampler: BalancedSampler, optimizer: torch.optim.Optimizer,
                      epoch: int, progress: Progress, num_classes: int, augment=None, card: ModelCard | None = None) -> tuple[float, float]:
         cfg = self.config
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch, 1))
+        torch.manual_seed(self.dist.rank_seed(_epoch_seed(cfg.seed, epoch, 1)))
         mix_rng = np.random.default_rng(_epoch_seed(cfg.seed, epoch, 2))
         sampler.set_epoch(epoch)
         gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, 3))
-        loader = self._loader(ds, cfg.batch_size, sampler, gen, drop_last=len(sampler) > cfg.batch_size)
+        batch_size, order = self.dist.batches(cfg.batch_size, sampler)  # torchrun: this rank's slice of each global batch
+        loader = self._loader(ds, batch_size, order, gen, drop_last=len(sampler) > cfg.batch_size)
         model.train()
         steps = len(loader)
         task = progress.add_task(f"epoch {epoch} training", total=steps)
@@ -285,13 +290,14 @@ class Trainer:
             seen += n
             progress.update(task, advance=1, description=f"epoch {epoch} training loss {loss_sum / seen:.3f}")
         progress.remove_task(task)
+        loss_sum, acc_sum, seen = self.dist.sum(loss_sum, acc_sum, seen)
         return loss_sum / max(seen, 1), acc_sum / max(seen, 1)
 
     @torch.inference_mode()
     def _evaluate(self, model: nn.Module, ds: CellDataset, progress: Progress, what: str) -> tuple[float, float, np.ndarray]:
         """Mean cross-entropy, accuracy and logits (N x C) over ``ds`` (eval transform)."""
         model.eval()
-        loader = self._loader(ds, max(2 * self.config.batch_size, 32))
+        loader = self._loader(self.dist.shard(ds), max(2 * self.config.batch_size, 32))
         task = progress.add_task(what, total=len(loader))
         loss_sum = 0.0
         outputs: list[np.ndarray] = []
@@ -303,6 +309,7 @@ class Trainer:
             progress.update(task, advance=1)
         progress.remove_task(task)
         logits_all = np.concatenate(outputs) if outputs else np.zeros((0, len(ds.classes)), dtype=np.float32)
+        loss_sum, logits_all = self.dist.gather_eval(loss_sum, logits_all, len(ds))  # torchrun: every rank's shard
         truth = np.asarray(ds.targets)
         acc = float((logits_all.argmax(1) == truth).mean()) if len(ds) else 0.0
         return loss_sum / max(len(ds), 1), acc, logits_all
@@ -324,7 +331,8 @@ class Trainer:
         early = self._early_model
         self._early_model = None
         model, card = early if early is not None and early[1].classes == classes else self._build_model(classes, state)
-        if self._manifest_root is not None:
+        net = self.dist.wrap(model, self.device)  # torchrun: DDP and global-batch BatchNorm; `model` for eval and saving
+        if self._manifest_root is not None and self.dist.is_lead:
             write_manifest(self.out / SPLIT_NAME, samples, self._manifest_root)
 
         subsets = {name: [s for s in samples if s.split == name] for name in ("train", "val", "test")}
@@ -352,6 +360,7 @@ class Trainer:
             "hyperparameters": cfg.hyperparameters(),
             "device": str(self.device),
             "torch_version": str(torch.__version__),
+            "world_size": self.dist.world_size,
         })
         if start_epoch >= cfg.epochs:
             warn(f"{self.out} already completed {start_epoch} epoch(s); pass a larger --epochs to train longer")
@@ -360,7 +369,7 @@ class Trainer:
             epochs_task = progress.add_task("epochs", total=cfg.epochs, completed=start_epoch)
             for epoch in range(start_epoch + 1, cfg.epochs + 1):
                 t0 = time.perf_counter()
-                train_loss, train_acc = self._train_epoch(model, train_ds, sampler, optimizer, epoch, progress, len(classes),
+                train_loss, train_acc = self._train_epoch(net, train_ds, sampler, optimizer, epoch, progress, len(classes),
                                                           augment, card)
                 val_loss, val_acc, _ = self._evaluate(model, val_ds, progress, f"epoch {epoch} validating")
                 seconds = time.perf_counter() - t0
@@ -371,29 +380,34 @@ class Trainer:
                 if val_acc > best["val_acc"] or (val_acc == best["val_acc"] and val_loss < best["val_loss"]):
                     best = {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss}
                     card.training = {**summary, "best_epoch": epoch, "best_val_acc": val_acc, "epochs_completed": epoch}
-                    save_checkpoint(self.out, model, card)
-                _write_history(self.out / HISTORY_NAME, history)
-                save_training_state(self.out / LAST_NAME, {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
-                    "config": _plain(cfg.to_dict()), "summary": _plain(summary), "train_seconds": train_seconds,
-                    "rng": {"torch": torch.get_rng_state()},
-                })
+                    if self.dist.is_lead:
+                        save_checkpoint(self.out, model, card)
+                if self.dist.is_lead:  # torchrun: rank 0 alone writes the run directory
+                    _write_history(self.out / HISTORY_NAME, history)
+                    save_training_state(self.out / LAST_NAME, {
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
+                        "config": _plain(cfg.to_dict()), "summary": _plain(summary), "train_seconds": train_seconds,
+                        "rng": {"torch": torch.get_rng_state()},
+                    })
                 progress.update(epochs_task, completed=epoch, description=(
                     f"epoch {epoch}/{cfg.epochs} loss {train_loss:.3f} train {100 * train_acc:.1f}% val {100 * val_acc:.1f}%"))
                 if self.on_epoch is not None:
                     self.on_epoch(row)
 
+            self.dist.barrier()  # torchrun: rank 0 has written the best checkpoint the others load next
             metrics = self._final_metrics(model, classes, card, subsets, progress)
         card.metrics = metrics
         card.training = {**summary, "best_epoch": int(best["epoch"]), "best_val_acc": float(best["val_acc"]),
                          "epochs_completed": int(history[-1]["epoch"]) if history else start_epoch,
                          "train_seconds": round(train_seconds, 1)}
-        save_checkpoint(self.out, model, card)
-        if history:
-            plot_curves(history, self.out / CURVES_NAME)
-        final = metrics.get("test") or metrics["val"]
-        plot_confusion(final, self.out / CONFUSION_NAME, title="test split" if "test" in metrics else "validation split")
-        return TrainResult(self.out, card, metrics, int(best["epoch"]), history, time.perf_counter() - t_start)
+        if self.dist.is_lead:
+            save_checkpoint(self.out, model, card)
+            if history:
+                plot_curves(history, self.out / CURVES_NAME)
+            final = metrics.get("test") or metrics["val"]
+            plot_confusion(final, self.out / CONFUSION_NAME, title="test split" if "test" in metrics else "validation split")
+        return TrainResult(self.out, card, metrics, int(best["epoch"]), history, time.perf_counter() - t_start,
+                           rank=self.dist.rank, world_size=self.dist.world_size)
 
     def _final_metrics(self, model: nn.Module, classes: list[str], card: ModelCard,
                        subsets: dict[str, list[Sample]], progress: Progress) -> dict[str, dict[str, Any]]:
@@ -430,4 +444,8 @@ def train(data: str | Path, out: str | Path, preset: str = "paper", resume: bool
     """
     config = make_config(data, out, preset=preset, **options)
     explicit = {k for k, v in options.items() if v is not None}
-    return Trainer(config, resume=resume, quiet=quiet, explicit=explicit, on_epoch=on_epoch).run()
+    trainer = Trainer(config, resume=resume, quiet=quiet, explicit=explicit, on_epoch=on_epoch)
+    try:
+        return trainer.run()
+    finally:
+        trainer.dist.close()
