@@ -197,6 +197,15 @@ def coarse_is_enough(seg, candidates: np.ndarray, mpp: float) -> bool:
     return unexplained * mpp * mpp <= COARSE_UNEXPLAINED_UM2
 
 
+def touches_edge(reader, res: Resolution, bbox: tuple[int, int, int, int], ox: int, oy: int) -> bool:
+    """Whether a cell's bounding box (x0, y0, x1, y1 at ``res``, offset by (ox, oy) into the slide frame)
+    reaches the slide's first or last row or column of pixels at that resolution."""
+    lw, lh = reader.level_dimensions[res.level]
+    width, height = -(-lw // res.factor), -(-lh // res.factor)  # partial blocks hold edge pixels too
+    x0, y0, x1, y1 = bbox
+    return x0 + ox <= 0 or y0 + oy <= 0 or x1 + ox >= width or y1 + oy >= height
+
+
 def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResult:
     """Read, detect and crop one tile (see the module docstring); coordinates in the result are level 0.
 
@@ -248,6 +257,8 @@ def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResu
     found: list[tuple[float, float, Detection]] = []
     for k, seg, res, ox, oy in settled:
         for cell in seg.cells:
+            if plan.drop_edge_cells and touches_edge(reader, res, cell.bbox, ox, oy):
+                continue
             x0, y0 = res.to_level0(cell.x + ox, cell.y + oy)
             dx, dy = det.from_level0(x0, y0)
             if not tile.owns(dx, dy):

@@ -43,7 +43,7 @@ from .masks import lut as _lut
 from .masks import shape_stats as _shape_stats
 from .params import SegmentParams
 from .stain import apply_table, as_rgb_uint8, density_tables, estimate_background, stain_matrix
-from .types import Cell, Segmentation
+from .types import Segmentation
 
 try:  # scikit-image's own inner loop of ``reconstruction``, fed a faster sort (see _domes)
     from skimage.morphology._grayreconstruct import reconstruction_loop as _reconstruction_loop
@@ -424,19 +424,26 @@ def _merge_by_chromatin(regions: np.ndarray, chrom: np.ndarray, work_mpp: float,
     sel = (comp > 0) & (regions > 0)
     if n == 0 or not sel.any():
         return regions
-    pairs, counts = _pair_counts(comp[sel], regions[sel])
+    pairs, counts = _pair_counts(comp[sel], regions[sel])  # sorted by piece, then region
     own = np.bincount(regions[chrom & (regions > 0)], minlength=int(regions.max()) + 1)
     remap = np.arange(int(regions.max()) + 1)
-    for c in np.unique(pairs[0]):
-        idx = pairs[0] == c
-        if idx.sum() < 2:
+    members: dict[int, list[int]] = {}  # representative -> the labels mapped to it (when more than itself)
+    starts = np.flatnonzero(np.r_[True, pairs[0, 1:] != pairs[0, :-1], True])
+    for a, b in zip(starts[:-1], starts[1:]):
+        if b - a < 2:
             continue
-        labs, cnt = pairs[1, idx], counts[idx]
-        owner = labs[np.argmax(cnt)]
+        labs, cnt = pairs[1, a:b], counts[a:b]
+        owner = int(labs[np.argmax(cnt)])
         total = cnt.sum()
-        for lab, k in zip(labs, cnt):
-            if lab != owner and k < 0.35 * total and k >= 0.5 * own[lab]:
-                remap[remap == lab] = remap[owner]
+        for lab, k in zip(labs.tolist(), cnt):
+            if lab != owner and k < 0.35 * total and k >= 0.5 * own[lab] and remap[lab] == lab:
+                # everything mapped to ``lab`` (a representative) now maps to the owner's representative
+                target = int(remap[owner])
+                if target == lab:
+                    continue
+                moved = members.pop(lab, [lab])
+                remap[moved] = target
+                members.setdefault(target, [target]).extend(moved)
     return remap[regions]
 
 
@@ -499,11 +506,12 @@ def _granule_ring(chrom: np.ndarray, regions: np.ndarray, label: int, box: tuple
                   bounds: tuple[slice, slice], stained: np.ndarray, solid: np.ndarray,
                   work_mpp: float, params: SegmentParams) -> bool:
     """Whether the nucleus of region ``label`` (bounding box ``box``, inside the window ``bounds``)
-    is ringed by stained pixels that are not WBC-coloured.
+    is ringed by stained pixels that are not WBC-coloured, right up to the nucleus.
 
     An eosinophil's granules fill its cytoplasm with eosin-red, so the ring 0.5-2 um outside its
-    nucleus is mostly stained and red; a small lymphocyte's thin blue rim is followed by glass, and
-    red cells touching a cell cover only part of the ring.
+    nucleus is mostly stained and red and the ring within 1 um of it holds little WBC-coloured
+    cytoplasm; a small lymphocyte's thin blue rim is followed by glass, or by red cells pressed
+    around it (its rim is still there), and red cells touching a cell cover only part of the ring.
     """
     pad = int(math.ceil(2.0 / work_mpp)) + 1
     ring_box = (slice(max(bounds[0].start, box[0].start - pad), min(bounds[0].stop, box[0].stop + pad)),
@@ -513,7 +521,10 @@ def _granule_ring(chrom: np.ndarray, regions: np.ndarray, label: int, box: tuple
     if not ring.any():
         return False
     red = stained[ring_box] & ~solid[ring_box]
-    return float(red[ring].mean()) >= params.granule_ring_min
+    if float(red[ring].mean()) < params.granule_ring_min:
+        return False
+    rim = (dist > 0) & (dist <= 1.0)
+    return float(solid[ring_box][rim].mean()) < params.granule_rim_max
 
 
 def _pack(sizes: list[tuple[int, int]], guard: int) -> tuple[list[tuple[int, int]], tuple[int, int]]:
@@ -644,18 +655,11 @@ def _segment_windows(items: list[_Window], work_mpp: float, params: SegmentParam
         inside = regions[r0:r1, c0:c1] == label
         nuc_mask = chrom[r0:r1, c0:c1] & inside
         cell = inside & solid[r0:r1, c0:c1]
+        mine = None
         if grown:
             mine = basins_of[i][r0 - rect[0].start:r1 - rect[0].start, c0 - rect[1].start:c1 - rect[1].start] == label
-            cell |= mine & (inside | (regions[r0:r1, c0:c1] == 0))
-        cell_mask = _fill_holes(cell)
-        if smooth is not None:  # cut thin cytoplasm-coloured spurs along red-cell rims
-            pad = smooth.shape[0]
-            framed = np.zeros((cell_mask.shape[0] + 2 * pad, cell_mask.shape[1] + 2 * pad), bool)
-            framed[pad:-pad, pad:-pad] = cell_mask
-            cell_mask = ndi.binary_opening(framed, structure=smooth)[pad:-pad, pad:-pad] | nuc_mask
-        lab, n = _label(cell_mask)
-        if n > 1:  # keep the parts that hold chromatin, drop stray cytoplasm-coloured bits
-            cell_mask = _lut(lab, n, lab[nuc_mask])[lab]
+            mine &= inside | (regions[r0:r1, c0:c1] == 0)
+        cell_mask = _cell_mask(cell | mine if grown else cell, nuc_mask, smooth)
         cell_area = float(cell_mask.sum()) * px_area
         if not (params.cell_area_min_um2 <= cell_area <= params.cell_area_max_um2):
             continue
@@ -679,53 +683,16 @@ def _segment_windows(items: list[_Window], work_mpp: float, params: SegmentParam
         f.found[cell_id] = _Found(n_lobes=int(_label(nuc_mask)[1]), solidity=solidity, eccentricity=eccentricity)
 
 
-def _finalise(work_labels, work_nuclei, found: dict[int, _Found], rgb, tables, factor,
-              result: Segmentation) -> Segmentation:
-    """Bring labels to the input resolution, renumber by centroid, measure each cell (crops only)."""
-    height, width = rgb.shape[:2]
-    mpp = result.mpp
-    threshold = result.threshold
-    crops = []  # (old id, full-resolution slice, cell mask, nucleus mask)
-    for old, wsl in enumerate(ndi.find_objects(work_labels, max_label=len(found)), start=1):
-        if wsl is None:
-            continue
-        fsl = (slice(wsl[0].start * factor, min(height, wsl[0].stop * factor)),
-               slice(wsl[1].start * factor, min(width, wsl[1].stop * factor)))
-        cell = work_labels[wsl] == old
-        coarse = work_nuclei[wsl] == old
-        if factor > 1:
-            reps = (fsl[0].stop - fsl[0].start, fsl[1].stop - fsl[1].start)
-            cell = np.repeat(np.repeat(cell, factor, axis=0), factor, axis=1)[:reps[0], :reps[1]]
-            coarse = np.repeat(np.repeat(coarse, factor, axis=0), factor, axis=1)[:reps[0], :reps[1]]
-        nuc_full = apply_table(tables[0], rgb[fsl])
-        # Crisp nucleus outline at full resolution, inside the (blocky) working-resolution nucleus.
-        nuc = coarse & (nuc_full > threshold) if factor > 1 else coarse
-        if not nuc.any():
-            nuc = coarse
-        rows, cols = np.nonzero(cell)
-        cy = fsl[0].start + rows.mean()  # pixel-centre convention: pixel (i, j) is centred at (i, j)
-        cx = fsl[1].start + cols.mean()
-        crops.append((old, fsl, cell, nuc, cy, cx, float(nuc_full[nuc].mean()) if nuc.any() else 0.0))
-    crops.sort(key=lambda c: (round(c[4], 6), round(c[5], 6), c[0]))
-
-    labels = np.zeros((height, width), np.int32)
-    nuclei = np.zeros((height, width), np.int32)
-    px_area = mpp * mpp
-    cells: list[Cell] = []
-    for new, (old, fsl, cell, nuc, cy, cx, nuc_od) in enumerate(crops, start=1):
-        labels[fsl][cell] = new
-        nuclei[fsl][nuc] = new
-        rows, cols = np.nonzero(cell)
-        y0, x0 = fsl[0].start + int(rows.min()), fsl[1].start + int(cols.min())
-        y1, x1 = fsl[0].start + int(rows.max()) + 1, fsl[1].start + int(cols.max()) + 1
-        stats = found[old]
-        cells.append(Cell(
-            cell_id=new, x=float(cx), y=float(cy), bbox=(x0, y0, x1, y1),
-            area_um2=float(cell.sum()) * px_area, nucleus_area_um2=float(nuc.sum()) * px_area,
-            n_lobes=stats.n_lobes, solidity=stats.solidity, eccentricity=stats.eccentricity, nucleus_od=nuc_od,
-            touches_border=bool(x0 == 0 or y0 == 0 or x1 >= width or y1 >= height),
-        ))
-    result.labels = labels
-    result.nuclei = nuclei
-    result.cells = cells
-    return result
+def _cell_mask(cell: np.ndarray, nuc_mask: np.ndarray, smooth: np.ndarray | None) -> np.ndarray:
+    """A cell's working-resolution mask: holes filled, thin cytoplasm-coloured spurs along red-cell
+    rims cut by an opening (``smooth``), only the parts holding its chromatin."""
+    cell_mask = _fill_holes(cell)
+    if smooth is not None:
+        pad = smooth.shape[0]
+        framed = np.zeros((cell_mask.shape[0] + 2 * pad, cell_mask.shape[1] + 2 * pad), bool)
+        framed[pad:-pad, pad:-pad] = cell_mask
+        cell_mask = ndi.binary_opening(framed, structure=smooth)[pad:-pad, pad:-pad] | nuc_mask
+    lab, n = _label(cell_mask)
+    if n > 1:
+        cell_mask = _lut(lab, n, lab[nuc_mask])[lab]
+    return cell_mask

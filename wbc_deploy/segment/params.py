@@ -44,6 +44,9 @@ class SegmentParams:
     #: around the nucleus is taken as the cell instead.
     cytoplasm_min_ratio: float = 1.6
     granule_ring_min: float = 0.6
+    #: ... and no more than this share of the ring within 1 um of the nucleus is WBC-coloured (a
+    #: thin-rimmed lymphocyte among red cells has its rim there; granules reach the nucleus).
+    granule_rim_max: float = 0.25
     #: Share of nucleus stain, N / (|N| + |E|), above which a stained pixel is WBC cytoplasm
     #: (bluish-lilac, ~0.5-0.9) rather than a red cell (nearly pure eosin, ~0-0.15).
     cytoplasm_min_share: float = 0.25
