@@ -9,12 +9,13 @@ import math
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
+from skimage.filters import threshold_otsu
 from skimage.morphology import convex_hull_image
 from skimage.segmentation import watershed
 
 from wbc_deploy.segment import SegmentParams, core
 from wbc_deploy.segment.colour import fit_colour_model
-from wbc_deploy.segment.masks import convex_area, shape_stats
+from wbc_deploy.segment.masks import convex_area, otsu, shape_stats
 from wbc_deploy.segment.outline import closed_contours, contour_gain
 
 
@@ -139,3 +140,12 @@ def test_colour_model_with_one_stained_population():
     dist = np.concatenate([rng.uniform(0, 15, 1000), rng.uniform(0.5, 15, 3000)])
     m = fit_colour_model(od, dist, blue_axis=axis)
     assert m.other is not None and (m.cytoplasm_score(rbc) < 0).mean() > 0.95
+
+
+def test_otsu_equals_scikit_image():
+    rng = np.random.default_rng(4)
+    for _ in range(100):
+        v = np.concatenate([rng.normal(rng.uniform(0, 1), rng.uniform(0.01, 0.3), int(rng.integers(10, 2000))),
+                            rng.normal(rng.uniform(0, 1), 0.1, int(rng.integers(10, 2000)))]).astype(np.float32)
+        assert otsu(v) == pytest.approx(float(threshold_otsu(v)), rel=1e-6, abs=1e-7)
+    assert otsu(np.full(10, 0.3)) == pytest.approx(0.3)

@@ -45,17 +45,12 @@ class Gaussian:
         """Maximum-likelihood Gaussian of samples ``x`` (n x 3), optionally weighted; ``floor`` is added to the variances."""
         w = np.ones(len(x)) if weights is None else np.asarray(weights, np.float64)
         s = float(w.sum()) + 1e-12
-        mean = (w[:, None] * x).sum(0) / s
+        mean = (w[:, None] * x).sum(axis=0) / s
         d = x - mean
-        k = x.shape[1]
-        cov = np.empty((k, k))
-        for i in range(k):  # elementwise sums, not BLAS (a multi-threaded BLAS spins on a busy machine)
-            wd = w * d[:, i]
-            for j in range(i, k):
-                cov[i, j] = cov[j, i] = float(np.sum(wd * d[:, j])) / s
-        cov += floor * np.eye(k)
-        sign, log_det = np.linalg.slogdet(cov)
-        return Gaussian(mean=mean, inv_cov=np.linalg.inv(cov), log_det=float(log_det))
+        # einsum's own loop, not BLAS (a multi-threaded BLAS spins on a busy machine)
+        cov = np.einsum("n,ni,nj->ij", w, d, d) / s + floor * np.eye(x.shape[1])
+        inv, det = _inverse3(cov)
+        return Gaussian(mean=mean, inv_cov=inv, log_det=math.log(max(det, 1e-300)))
 
     def mahalanobis2(self, x: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance of samples (..., 3)."""
@@ -88,13 +83,30 @@ class ColourModel:
 
         Without a cytoplasm class every stained pixel scores +clip/2 and glass -clip.
         """
-        lg = self.glass.log_pdf(od)
+        return self.classify(od, clip)[0]
+
+    def classify(self, od: np.ndarray, clip: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
+        """(:meth:`cytoplasm_score`, :meth:`stained`) of OD samples (..., 3), sharing the glass distances."""
+        m2 = self.glass.mahalanobis2(od)
+        stained = m2 > _CHI2_3_99
         if self.cytoplasm is None:
-            return np.where(self.stained(od), 0.5 * clip, -clip).astype(np.float32)
-        outside = lg + math.log(self.glass_weight)
+            return np.where(stained, 0.5 * clip, -clip).astype(np.float32), stained
+        outside = -0.5 * (m2 + self.glass.log_det) + math.log(self.glass_weight)
         if self.other is not None:
             outside = np.logaddexp(outside, self.other.log_pdf(od) + math.log(1.0 - self.glass_weight))
-        return np.clip(self.cytoplasm.log_pdf(od) - outside, -clip, clip).astype(np.float32)
+        return np.clip(self.cytoplasm.log_pdf(od) - outside, -clip, clip).astype(np.float32), stained
+
+
+def _inverse3(a: np.ndarray) -> tuple[np.ndarray, float]:
+    """Inverse and determinant of a symmetric positive-definite 3 x 3 matrix (cofactors: no LAPACK call)."""
+    c00 = a[1, 1] * a[2, 2] - a[1, 2] * a[2, 1]
+    c01 = a[1, 2] * a[2, 0] - a[1, 0] * a[2, 2]
+    c02 = a[1, 0] * a[2, 1] - a[1, 1] * a[2, 0]
+    det = float(a[0, 0] * c00 + a[0, 1] * c01 + a[0, 2] * c02)
+    adj = np.array([[c00, a[0, 2] * a[2, 1] - a[0, 1] * a[2, 2], a[0, 1] * a[1, 2] - a[0, 2] * a[1, 1]],
+                    [c01, a[0, 0] * a[2, 2] - a[0, 2] * a[2, 0], a[0, 2] * a[1, 0] - a[0, 0] * a[1, 2]],
+                    [c02, a[0, 1] * a[2, 0] - a[0, 0] * a[2, 1], a[0, 0] * a[1, 1] - a[0, 1] * a[1, 0]]])
+    return adj / det, det
 
 
 def od_channels(rgb: np.ndarray, table: np.ndarray) -> np.ndarray:

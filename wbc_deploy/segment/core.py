@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.filters import threshold_otsu
 from skimage.morphology import local_maxima, reconstruction
 from skimage.segmentation import watershed
 
@@ -40,6 +39,7 @@ from .masks import disk as _disk
 from .masks import fill_holes as _fill_holes
 from .masks import label as _label
 from .masks import lut as _lut
+from .masks import otsu as _otsu
 from .masks import shape_stats as _shape_stats
 from .params import SegmentParams
 from .stain import apply_table, as_rgb_uint8, density_tables, estimate_background, stain_matrix
@@ -241,7 +241,7 @@ def _core(f: _FieldWork, sl: tuple[slice, slice], margin: int) -> tuple[slice, s
 def _nucleus_threshold(nuc_od: np.ndarray, params: SegmentParams) -> float:
     """Otsu's threshold of the nucleus stain, clipped to the physical chromatin range."""
     try:
-        t = float(threshold_otsu(nuc_od[::2, ::2]))
+        t = float(_otsu(nuc_od[::2, ::2]))
     except ValueError:  # constant image
         t = params.nucleus_od_max
     return float(min(max(t, params.nucleus_od_min), params.nucleus_od_max))
@@ -250,7 +250,7 @@ def _nucleus_threshold(nuc_od: np.ndarray, params: SegmentParams) -> float:
 def _stained_threshold(tot_od: np.ndarray, params: SegmentParams) -> float:
     """Otsu's threshold of the total OD (cells vs glass), clipped to a physical range."""
     try:
-        t = float(threshold_otsu(tot_od[::2, ::2]))
+        t = float(_otsu(tot_od[::2, ::2]))
     except ValueError:
         t = params.stained_od_min
     return float(min(max(t, params.stained_od_min), params.stained_od_max))
@@ -571,7 +571,8 @@ def _segment_windows(items: list[_Window], work_mpp: float, params: SegmentParam
         candidates[rect] = f.candidates[sl]
         # WBC cytoplasm: stained (beyond the glass noise) and closer to the field's cytoplasm colour
         # than to its glass and other stained matter (red cells, debris)
-        cyto[rect] = (f.colour.cytoplasm_score(od) > 0) & f.colour.stained(od)
+        score, stained = f.colour.classify(od)
+        cyto[rect] = (score > 0) & stained
         tot[rect] = od.sum(axis=-1)
         stained_od[rect] = f.stained_od
     if len(items) == 1:

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.filters import threshold_otsu
 
 from .colour import ColourModel, Gaussian, od_channels, od_table
 from .masks import block_mean_rgb, fill_holes, label, shape_stats
+from .masks import otsu as _otsu
 from .outline import FORBIDDEN, PolarGrid, closed_contours, contour_gain
 from .params import SegmentParams
 from .stain import apply_table
@@ -151,9 +151,8 @@ def _score(job: _Job, grid: PolarGrid, ofac: int, params: SegmentParams) -> None
 def _gain(job: _Job, model: ColourModel, grid: PolarGrid, omp: float, params: SegmentParams) -> None:
     """``job.gain`` from the samples' scores under ``model`` (see :mod:`.outline`)."""
     samples = job.samples
-    score = model.cytoplasm_score(samples, clip=params.outline_score_clip)
-    glass = ~model.stained(samples)
-    score = np.where(glass & (score < 0), -params.outline_glass_cost, score)
+    score, stained = model.classify(samples, clip=params.outline_score_clip)
+    score = np.where(~stained & (score < 0), -params.outline_glass_cost, score)
     score = np.where(job.blocked, FORBIDDEN, score)
     total = samples.sum(axis=-1)
     edge = np.zeros_like(total)
@@ -226,7 +225,7 @@ def _nucleus(f, sl: tuple[slice, slice], cell: np.ndarray, old: int, params: Seg
     values = dens[cell]
     nuc = coarse
     if values.size >= 16 and float(values.max()) > float(values.min()):
-        t = float(threshold_otsu(values))
+        t = float(_otsu(values))
         lo, hi = values[values <= t], values[values > t]
         if lo.size and hi.size:
             t = float(lo.mean()) + params.nucleus_edge_fraction * float(hi.mean() - lo.mean())

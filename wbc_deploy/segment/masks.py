@@ -90,11 +90,9 @@ def convex_area(img: np.ndarray) -> int:
     cols = np.flatnonzero(img.any(axis=0))
     if rows.size <= 1 or cols.size <= 1:
         return int(np.count_nonzero(img)) if rows.size else 0
-    # candidate hull points: the first and last pixel of every row and column
+    # candidate hull points: the first and last pixel of every row (the rest lie between them)
     first_c, last_c = img[rows].argmax(axis=1), w - 1 - img[rows, ::-1].argmax(axis=1)
-    first_r, last_r = img[:, cols].argmax(axis=0), h - 1 - img[::-1, cols].argmax(axis=0)
-    pts = np.concatenate([np.stack([rows, first_c], 1), np.stack([rows, last_c], 1),
-                          np.stack([first_r, cols], 1), np.stack([last_r, cols], 1)]).astype(np.float64)
+    pts = np.concatenate([np.stack([rows, first_c], 1), np.stack([rows, last_c], 1)]).astype(np.float64)
     diamond = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, -0.5], [0.0, 0.5]])
     pts = np.unique((pts[:, None, :] + diamond[None]).reshape(-1, 2), axis=0)
     try:
@@ -116,6 +114,25 @@ def convex_area(img: np.ndarray) -> int:
     first = np.maximum(np.ceil(x_lo[ok] - 1e-9), 0)
     last = np.minimum(np.floor(x_hi[ok] + 1e-9), w - 1)
     return int(np.clip(last - first + 1, 0, None).sum())
+
+
+def otsu(values: np.ndarray, nbins: int = 256) -> float:
+    """Otsu's threshold of an array: ``skimage.filters.threshold_otsu``'s computation (256-bin histogram
+    over the data's range, the threshold at a bin centre) in float64, without its input checks (it
+    is called for every field and cell). A constant array gives its value."""
+    v = np.asarray(values).ravel()
+    lo, hi = float(v.min()), float(v.max())
+    if lo == hi:
+        return lo
+    hist, edges = np.histogram(v, bins=nbins, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2.0
+    hist = hist.astype(np.float64)
+    w1 = np.cumsum(hist)
+    w2 = np.cumsum(hist[::-1])[::-1]
+    m1 = np.cumsum(hist * centres) / np.maximum(w1, 1e-300)
+    m2 = (np.cumsum((hist * centres)[::-1]) / np.maximum(w2[::-1], 1e-300))[::-1]
+    between = w1[:-1] * w2[1:] * (m1[:-1] - m2[1:]) ** 2
+    return float(centres[int(np.argmax(between))])
 
 
 def block_mean_rgb(rgb: np.ndarray, factor: int) -> np.ndarray:
