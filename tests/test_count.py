@@ -136,12 +136,13 @@ def test_cells_and_summary_columns(data, counted):
     summary = read_rows(counted["out"] / "summary.csv")
     header = summary_header(list(CLASSES))
     assert header[:4] == ["slide", "status", "error", "n_wbc"]
-    assert header[4:14] == [f"n_{c}" for c in CLASSES] + [f"pct_{c}" for c in CLASSES]
-    assert header[14:17] == ["mean_confidence", "seconds", "backend"]
-    assert list(summary[0]) == header and header[17:19] == ["mpp", "mpp_source"]
+    assert header[4:16] == [f"n_{c}" for c in CLASSES] + ["n_unidentified", "n_counted"] + [f"pct_{c}" for c in CLASSES]
+    assert header[16:19] == ["mean_confidence", "seconds", "backend"]
+    assert list(summary[0]) == header and header[19:21] == ["mpp", "mpp_source"]
     s = summary[0]
     assert (s["slide"], s["status"], s["error"], s["backend"], s["mpp_source"]) == ("smear", "ok", "", "ort", "slide")
     assert int(s["n_wbc"]) == len(rows) == sum(int(s[f"n_{c}"]) for c in CLASSES)
+    assert (int(s["n_unidentified"]), int(s["n_counted"])) == (0, len(rows))  # the demo model's card has no threshold
     for c in CLASSES:
         assert int(s[f"n_{c}"]) == sum(r["label"] == c for r in rows)
         assert float(s[f"pct_{c}"]) == pytest.approx(100 * int(s[f"n_{c}"]) / len(rows), abs=0.01)
@@ -391,3 +392,28 @@ def test_plain_images_do_not_count_cells_cut_by_their_edge(data, tmp_path):
         with open_slide(path, mpp=MPP) as reader:
             thumb = thumbnail(reader, thumbnail_size(reader.dimensions, MPP))
             assert plan_scan(reader, MPP, card, opts(), thumb).drop_edge_cells is dropped
+
+
+def test_low_confidence_cells_are_unidentified_and_left_out_of_the_differential(data, counted):
+    """A threshold between the cells' confidences: the cells below it are `unidentified`, keep their
+    probabilities in cells.csv, are counted in n_unidentified and leave the percentages' denominator."""
+    base = read_rows(counted["cells"])
+    conf = np.array([float(r["confidence"]) for r in base])
+    threshold = float(np.median(conf))
+    out = data["root"] / "run-unidentified"
+    run = count_slides([data["slide"]], data["model"], out, opts(confidence_threshold=threshold))
+    rows = read_rows(out / "smear.cells.csv")
+    assert [r[k] for r in rows for k in ("x", "y", "confidence")] == [r[k] for r in base for k in ("x", "y", "confidence")]
+    low = [r for r in rows if float(r["confidence"]) < threshold]
+    assert 0 < len(low) < len(rows)
+    assert all(r["label"] == "unidentified" for r in low)
+    assert all(r["label"] == b["label"] for r, b in zip(rows, base) if float(r["confidence"]) >= threshold)
+    s = read_rows(out / "summary.csv")[0]
+    n_counted = len(rows) - len(low)
+    assert (int(s["n_wbc"]), int(s["n_unidentified"]), int(s["n_counted"])) == (len(rows), len(low), n_counted)
+    for c in CLASSES:
+        k = sum(r["label"] == c for r in rows)
+        assert int(s[f"n_{c}"]) == k
+        assert float(s[f"pct_{c}"]) == pytest.approx(100 * k / n_counted, abs=0.01)
+    assert sum(float(s[f"pct_{c}"]) for c in CLASSES) == pytest.approx(100, abs=0.05)
+    assert run.slides[0].n_counted == n_counted

@@ -15,7 +15,8 @@ from wbc_deploy.data.dataset import BalancedSampler, CellDataset
 from wbc_deploy.data.folders import Sample, class_of_folder, index_dataset, split_of_folder
 from wbc_deploy.data.mixup import mixup_batch, sample_lambda, soft_cross_entropy
 from wbc_deploy.data.splits import make_split, read_manifest, stratified_split, write_manifest
-from wbc_deploy.data.transforms import eval_transform, train_transform
+from wbc_deploy.data.augment import BatchAugment
+from wbc_deploy.data.transforms import eval_transform, finish_batch, train_transform
 from wbc_deploy.errors import WbcError
 from wbc_deploy.preprocess import prepare_batch
 
@@ -65,6 +66,20 @@ def test_class_folders_with_skipped_files(tmp_path, capsys):
     assert index.skipped == 2
     err = capsys.readouterr().err
     assert "platelets" in err and "non-image" in err and "unreadable" in err
+
+
+def test_pbc_layout_wrapper_folder_and_its_other_classes_in_one_warning(tmp_path, capsys):
+    """PBC_dataset_normal_DIB/<class>/: the wrapper is descended into; ig, erythroblast and platelet are
+    skipped with one warning; SNE_/BNE_ (segmented and band) neutrophils are both neutrophils."""
+    root = tmp_path / "PBC_dataset_normal_DIB"
+    for cls in ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"):
+        _images(root / cls, 2)
+    for prefix in ("SNE", "BNE"):
+        Image.new("RGB", (8, 8), (200, 100, 150)).save(root / "neutrophil" / f"{prefix}_1234.jpg")
+    index = index_dataset(tmp_path)
+    assert index.counts() == {"basophil": 2, "eosinophil": 2, "lymphocyte": 2, "monocyte": 2, "neutrophil": 4}
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "ignoring" in ln]
+    assert len(lines) == 1 and all(n in lines[0] for n in ("'erythroblast'", "'ig'", "'platelet'"))
 
 
 def test_bccd_layout_train_test(tmp_path):
@@ -128,6 +143,31 @@ def make_split_from(samples, seed):
 
 def _key(s: Sample):
     return (str(s.path), s.split)
+
+
+def test_byte_identical_images_never_straddle_splits(tmp_path):
+    """Copies of one image (also under another class) land in one split; distinct images are still split 3:1:1."""
+    rng = np.random.default_rng(0)
+    samples = []
+    for c in ("eosinophil", "neutrophil"):
+        (tmp_path / c).mkdir()
+        for i in range(40):
+            p = tmp_path / c / f"{i:03d}.png"
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(p)
+            samples.append(Sample(p, c))
+    twins = []
+    for k in range(6):  # 6 images, each with 3 byte-identical copies: 2 more in its class, 1 in the other class
+        src = tmp_path / "eosinophil" / f"{k:03d}.png"
+        for j, c in enumerate(("eosinophil", "eosinophil", "neutrophil")):
+            dst = tmp_path / c / f"copy{k}_{j}.png"
+            dst.write_bytes(src.read_bytes())
+            samples.append(Sample(dst, c))
+        twins.append([src] + [tmp_path / c / f"copy{k}_{j}.png" for j, c in enumerate(("eosinophil", "eosinophil", "neutrophil"))])
+    split = {s.path: s.split for s in make_split_from(samples, seed=1)}
+    assert len(split) == len(samples)
+    for group in twins:
+        assert len({split[p] for p in group}) == 1, [split[p] for p in group]
+    assert Counter(split.values())["test"] >= 12
 
 
 def test_tiny_classes_still_reach_val_and_test():
@@ -210,12 +250,16 @@ def test_eval_transform_is_the_deployment_preprocessing(tmp_path):
     image = Image.fromarray(rgb)
     out = eval_transform(card)(image)
     assert torch.equal(out, torch.from_numpy(prepare_batch([rgb], card)[0]))
-    aug = train_transform(card)(image)
-    assert aug.shape == (3, 32, 32) and aug.dtype == torch.float32
-    torch.manual_seed(0)
-    a = train_transform(card)(image)
-    torch.manual_seed(0)
-    assert torch.equal(a, train_transform(card)(image))  # seeded augmentation is reproducible
+    ctx = train_transform(card)(image)  # without --mpp: the whole image at the input size, 0..1
+    assert ctx.shape == (3, 32, 32) and ctx.dtype == torch.float32 and 0.0 <= float(ctx.min()) and float(ctx.max()) <= 1.0
+    assert torch.equal(finish_batch(ctx[None], card)[0], out)  # an unaugmented batch is the deployment input
+    for colour in ("none", "light", "stain"):
+        aug = BatchAugment(size=32, colour=colour, scale_jitter=0.15)
+        torch.manual_seed(0)
+        a = aug(ctx[None].repeat(4, 1, 1, 1))
+        torch.manual_seed(0)
+        assert a.shape == (4, 3, 32, 32) and torch.equal(a, aug(ctx[None].repeat(4, 1, 1, 1)))  # seeded: reproducible
+        assert not torch.equal(a[0], a[1])  # each image draws its own augmentation
 
 
 def test_dataset_replaces_a_file_that_became_unreadable(tmp_path, capsys):

@@ -3,6 +3,7 @@ one-line failure of ``--trt`` where TensorRT or a GPU is missing (everywhere els
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,7 +52,40 @@ def test_engine_sidecar_records_version_gpu_profile_and_hashes(engine):
     assert side["source_onnx_sha256"] == sha256_file(onnx_path) and side["engine_sha256"] == sha256_file(engine_path)
     assert side["card"]["classes"] == tiny_card().classes and side["compute_capability"].count(".") == 1
     assert EngineInfo.read(engine_path) == info
-    assert (root / "timing.cache").stat().st_size > 0
+    extra = side["extra"]
+    assert extra["device"] == 0 and extra["tensorrt_major"] in (10, 11)
+    # TensorRT 10: FP32 ONNX + BuilderFlag.FP16; 11: the FP16 ONNX, no flags (strongly typed)
+    assert (extra["builder_flags"] == ["FP16"]) if extra["tensorrt_major"] == 10 else extra["built_from"].startswith("FP16 ONNX")
+    cache = Path(extra["timing_cache"])
+    assert cache.parent == root and cache.name.startswith("timing.trt") and cache.stat().st_size > 0
+
+
+@needs_trt
+def test_rebuild_reuses_the_timing_cache_and_a_foreign_one_is_replaced(engine, tmp_path):
+    root, onnx_path, _, info = engine
+    from wbc_deploy.converters.tensorrt_build import build_engine
+
+    again = build_engine(onnx_path, tmp_path / "again.engine", tiny_card(), min_batch=1, opt_batch=8, max_batch=16,
+                         workspace_mb=256, timing_cache=root / "timing.cache")
+    assert again.extra["timing_cache_status"].startswith("reused")
+    Path(again.extra["timing_cache"]).write_bytes(b"not a timing cache")
+    third = build_engine(onnx_path, tmp_path / "third.engine", tiny_card(), min_batch=1, opt_batch=8, max_batch=16,
+                         workspace_mb=256, timing_cache=root / "timing.cache")
+    assert third.extra["timing_cache_status"].startswith("replaced") and (tmp_path / "third.engine.json").is_file()
+
+
+@needs_trt
+def test_close_releases_and_refuses_further_use(engine):
+    _, _, engine_path, _ = engine
+    from wbc_deploy.runtime import open_backend
+
+    be = open_backend(engine_path)
+    be.predict(np.zeros((3, 3, 16, 16), np.float32))
+    be.close()
+    be.close()  # twice is fine
+    assert be._buffers == [] and be._streams == []
+    with pytest.raises(WbcError, match="is closed"):
+        be.predict(np.zeros((1, 3, 16, 16), np.float32))
 
 
 @needs_trt
@@ -101,7 +135,7 @@ def test_trt_without_tensorrt_fails_with_one_line_and_writes_nothing(tmp_path, c
         main(["export", str(onnx_path), "--out", str(out), "--trt", "-q"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "pip install wbc-deploy[trt]" in err and "NVIDIA GPU" in err
+    assert "\n" not in err and "wbc-deploy[trt-cu12]" in err and "[trt-cu13]" in err and "NVIDIA GPU" in err
     assert not out.exists()
 
 
@@ -116,5 +150,5 @@ def test_trt_backend_without_tensorrt_names_the_install(tmp_path):
         tensorrt_version="10.3.0", gpu_name="NVIDIA L4", compute_capability="8.9", precision="fp16",
         profile={"min": 1, "opt": 8, "max": 16}, input_name="images", output_name="probabilities", card=tiny_card().to_dict(),
     ).write(engine_path)
-    with pytest.raises(WbcError, match=r"pip install wbc-deploy\[trt\]"):
+    with pytest.raises(WbcError, match=r"wbc-deploy\[trt-cu12\]"):
         open_backend(engine_path)

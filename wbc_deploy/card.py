@@ -43,6 +43,16 @@ class ModelCard:
     color_order: str = "RGB"
     fov_um: float | None = DEFAULT_FOV_UM
     output: str = "logits"
+    #: Temperature scaling (Guo et al. 2017) fitted on the validation split: every runtime returns
+    #: softmax(logits / temperature). 1.0 = uncalibrated.
+    temperature: float = 1.0
+    #: Cells whose calibrated top probability is below this are labelled ``unidentified`` by ``count``
+    #: (kept in cells.csv with their probabilities, left out of the differential). None: never.
+    confidence_threshold: float | None = None
+    #: Stain handling at inference, identical in training: {"normalise": "none"|"reinhard"|..., ...}.
+    stain: dict[str, Any] = field(default_factory=dict)
+    #: um/px of the training images (None: each image was taken as the field of view).
+    train_mpp: float | None = None
     arch_options: dict[str, Any] = field(default_factory=dict)
     params: int | None = None
     checkpoint_sha256: str | None = None
@@ -82,6 +92,10 @@ class ModelCard:
             raise WbcError(f"{source}: mean/std must be three numbers with std > 0")
         if self.color_order not in ("RGB", "BGR"):
             raise WbcError(f"{source}: color_order must be RGB or BGR, got {self.color_order!r}")
+        if not float(self.temperature) > 0:
+            raise WbcError(f"{source}: temperature must be > 0, got {self.temperature}")
+        if self.confidence_threshold is not None and not 0.0 <= float(self.confidence_threshold) <= 1.0:
+            raise WbcError(f"{source}: confidence_threshold must be within 0..1, got {self.confidence_threshold}")
 
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

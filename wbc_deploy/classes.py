@@ -6,6 +6,15 @@ import re
 #: The five WBC classes of the reference paper, in canonical (alphabetical) order.
 CLASSES: tuple[str, ...] = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
 
+#: The label ``count`` gives a cell whose calibrated confidence is below the model card's threshold
+#: (CellaVision's term). Such cells stay in cells.csv with their probabilities and are left out of the
+#: differential's denominator.
+UNIDENTIFIED = "unidentified"
+
+#: The reviewed label of a detection a technologist rejects (debris, a smudge cell, a giant platelet): it
+#: leaves the WBC count altogether (``recount``; never predicted by a model).
+NOT_A_WBC = "not_a_wbc"
+
 #: One-letter codes used by the paper's tables (B, E, L, M, N).
 SHORT: dict[str, str] = {c: c[0].upper() for c in CLASSES}
 
@@ -16,6 +25,8 @@ COLOURS: dict[str, str] = {
     "lymphocyte": "#1f78b4",
     "monocyte": "#33a02c",
     "neutrophil": "#e31a1c",
+    UNIDENTIFIED: "#808080",
+    NOT_A_WBC: "#222222",
 }
 
 _ALIASES: dict[str, str] = {

@@ -1,8 +1,8 @@
 """The preprocessing contract, in numpy and Pillow only (shared by training, export and every runtime).
 
 A crop is an RGB uint8 array covering the model's field of view; it is resized to the model's
-input size with Pillow's bilinear filter, scaled to 0..1 and normalised with the card's mean/std,
-then laid out NCHW float32. Training's evaluation transform calls these same functions, so what the
+input size with Pillow's bilinear filter, stain-normalised as the card says (``card.stain``; none by
+default), scaled to 0..1 and normalised with the card's mean/std, then laid out NCHW float32. Training's evaluation transform calls these same functions, so what the
 model saw in training is bit-for-bit what a deployed runtime feeds it.
 """
 from __future__ import annotations
@@ -38,10 +38,18 @@ def normalise_batch(batch: np.ndarray, mean: Sequence[float], std: Sequence[floa
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
+def prepare_resized(batch: np.ndarray, card: ModelCard) -> np.ndarray:
+    """N x S x S x 3 uint8 RGB crops already at the input size -> the model's input: the card's stain
+    normalisation (:mod:`wbc_deploy.stain`), then :func:`normalise_batch`."""
+    from .stain import normalise_stain
+
+    return normalise_batch(normalise_stain(batch, card.stain), card.mean, card.std, card.color_order)
+
+
 def prepare_batch(images: Sequence[np.ndarray | Image.Image], card: ModelCard) -> np.ndarray:
-    """Resize and normalise RGB crops into the model's N x 3 x S x S float32 input."""
+    """Resize, stain-normalise and normalise RGB crops into the model's N x 3 x S x S float32 input."""
     size = int(card.input_size)
     if len(images) == 0:
         return np.zeros((0, 3, size, size), dtype=np.float32)
     stacked = np.stack([resize_rgb(im, size) for im in images])
-    return normalise_batch(stacked, card.mean, card.std, card.color_order)
+    return prepare_resized(stacked, card)

@@ -237,14 +237,32 @@ class Artefacts:
         return onnx_file_card(onnx_path)[0]
 
     # -- TensorRT ------------------------------------------------------------------------------
-    def trt_engine(self, max_batch: int) -> Path:
-        """A TensorRT FP16 engine whose profile covers 1..``max_batch`` (built once, cached)."""
-        try:
-            from ..converters import tensorrt_build as trt_build  # type: ignore[attr-defined]
-        except ImportError:
-            raise WbcError("this wbc-deploy has no TensorRT engine builder (wbc_deploy.converters.tensorrt_build)") from None
+    def trt_engine(self, max_batch: int, device: int = 0) -> Path:
+        """A TensorRT FP16 engine whose profile covers 1..``max_batch`` on CUDA device ``device`` (built once, cached).
+
+        The file name carries the TensorRT version and the GPU, so a cache shared between machines or
+        GPUs never hands one an engine built for another; an engine whose sidecar no longer matches (source
+        ONNX re-exported, file altered) is rebuilt. The timing cache beside it is reused by every build.
+        """
+        from ..converters.tensorrt_build import build_engine
+        from ..runtime.engine_meta import EngineInfo, check_compatible
+        from ..runtime.trt_support import device_slug, gpu_identity, import_tensorrt
+
+        trt = import_tensorrt()
+        gpu_name, cc = gpu_identity(device)
         src = self.onnx_fp32()
-        out = self._ensure_dir() / f"model.fp16.b{max_batch}.engine"
-        if not out.is_file():
-            trt_build.build_engine(src, out, min_batch=1, opt_batch=max_batch, max_batch=max_batch)
+        out = self._ensure_dir() / f"model.fp16.b{max_batch}.{device_slug(str(trt.__version__), gpu_name, cc)}.engine"
+        if out.is_file():
+            try:
+                info = EngineInfo.read(out)
+                check_compatible(info, out, str(trt.__version__), gpu_name, cc)
+                if info.source_onnx_sha256 != sha256_file(src) or info.precision != "fp16":
+                    raise WbcError("stale")
+                self.notes["trt_engine"] = {"path": str(out), "reused": True, **info.extra}
+                return out
+            except WbcError:
+                out.unlink(missing_ok=True)
+        info = build_engine(src, out, min_batch=1, opt_batch=max_batch, max_batch=max_batch, device=device,
+                            timing_cache=self.dir / "timing.cache")
+        self.notes["trt_engine"] = {"path": str(out), "reused": False, "build_seconds": info.build_seconds, **info.extra}
         return out

@@ -211,8 +211,16 @@ def build_runner(name: str, artefacts: Artefacts, threads: int, ort_settings: Or
     if name == "ort-trt":
         cache = artefacts._ensure_dir() / "ort-trt-cache"
         cache.mkdir(exist_ok=True)
+        from ..converters.onnx_meta import INPUT_NAME
+
+        s = int(artefacts.source.card.input_size)
+        # One explicit profile over 1..max_batch: without it the TensorRT EP rebuilds its engine each time
+        # a larger batch arrives (minutes per benchmark on a GPU).
+        shapes = {k: f"{INPUT_NAME}:{b}x3x{s}x{s}" for k, b in (("min", 1), ("opt", max_batch), ("max", max_batch))}
         trt_opts = {"trt_fp16_enable": True, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
-                    "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)}
+                    "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache),
+                    "trt_profile_min_shapes": shapes["min"], "trt_profile_opt_shapes": shapes["opt"],
+                    "trt_profile_max_shapes": shapes["max"]}
         return _ort_runner(spec, artefacts.onnx_fp32(), ort_settings,
                            [("TensorrtExecutionProvider", trt_opts), "CUDAExecutionProvider", "CPUExecutionProvider"], "cuda")
     if name == "trt":

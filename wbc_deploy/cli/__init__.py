@@ -19,6 +19,7 @@ from . import benchmark_cmd  # noqa: F401,E402
 from . import export_cmd  # noqa: F401,E402
 from . import synth_cmd  # noqa: F401,E402
 from . import count_cmd  # noqa: F401,E402
+from . import recount_cmd  # noqa: F401,E402
 from . import segment_cmd  # noqa: F401,E402
 from . import explain_cmd  # noqa: F401,E402
 from . import train_cmd, evaluate_cmd  # noqa: F401,E402

@@ -10,7 +10,7 @@ from .app import app
 _EPILOG = (
     "Outputs in --out: <slide>.cells.csv (one row per WBC), summary.csv (one row per slide: counts, differential, "
     "status), and with --geojson <slide>.geojson (QuPath detections), with --truth <slide>.truth_comparison.csv, with "
-    "--gallery <slide>.gallery.<class>.png and <slide>.report.html. "
+    "--gallery <slide>.gallery.<class>.png and <slide>.report.html, with --review <slide>.review.html. "
     "Exit codes: 0 every slide counted; 2 bad model or options (nothing written); 3 some slides failed "
     "(status=error and the reason in summary.csv; the others were counted); 130 interrupted (rerun with --resume)."
 )
@@ -19,7 +19,8 @@ _EPILOG = (
 @app.command("count", epilog=_EPILOG)
 def count_command(
     inputs: list[Path] = typer.Argument(..., help="Slides, images, or folders (searched recursively for known extensions)."),
-    model: Path = typer.Option(..., "--model", "-m", help="Exported .onnx model, TensorRT .engine, or a training RUN directory."),
+    model: str = typer.Option("default", "--model", "-m", help="Exported .onnx model, TensorRT .engine, a training RUN directory, "
+                                                               "or a bundled model's name (see `wbc-deploy models`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     backend: str = typer.Option(None, "--backend", help="ort, trt or torch (default: from the model file's type)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Cell crops per inference batch."),
@@ -31,6 +32,10 @@ def count_command(
     geojson: bool = typer.Option(False, "--geojson", help="Also write <slide>.geojson (QuPath detections with class and outline)."),
     gallery: bool = typer.Option(False, "--gallery", help="Also write per-class review galleries and a slide report."),
     gallery_k: int = typer.Option(16, "--gallery-k", help="Cells per gallery section (most and least confident)."),
+    review: bool = typer.Option(False, "--review", help="Also write <slide>.review.html: every counted cell to confirm or "
+                                "reclassify in a browser; its exported corrections go to `wbc-deploy recount`."),
+    confidence_threshold: float = typer.Option(None, "--confidence-threshold", help="Label cells below this calibrated "
+                                                "confidence 'unidentified' (left out of the differential; default: the model card's; 0: off)."),
     truth: bool = typer.Option(False, "--truth", help="Compare with <slide>.truth.csv beside each slide (x,y,label)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables (summary.csv is still written)."),
 ) -> None:
@@ -42,7 +47,7 @@ def count_command(
     options = CountOptions(
         backend=backend, batch_size=batch_size, workers=workers if workers is not None else default_workers(),
         executor=executor, mpp=mpp, resume=resume, geojson=geojson, gallery=gallery, gallery_k=gallery_k,
-        truth=truth, quiet=quiet,
+        review=review, truth=truth, quiet=quiet, confidence_threshold=confidence_threshold,
     )
     run = count_slides(inputs, model, out, options)
     if not quiet:
@@ -64,7 +69,7 @@ def print_run(run, console) -> None:
     classes = run.classes
     table = per_input_table(f"WBC differential ({run.summary_path})")
     table.add_column("status", no_wrap=True)
-    for header in ("WBCs", *[f"{SHORT.get(c, c)} %" for c in classes], "conf", "s", "mpp"):
+    for header in ("WBCs", *[f"{SHORT.get(c, c)} %" for c in classes], "unid", "conf", "s", "mpp"):
         table.add_column(header, justify="right", no_wrap=True)
     for r in run.slides:
         ok = r.status == "ok"
@@ -73,6 +78,7 @@ def print_run(run, console) -> None:
         table.add_row(
             r.slide, status, str(r.n_wbc) if ok else "",
             *[f"{pct[c]:.1f}" if ok else "" for c in classes],
+            str(r.n_unidentified) if ok else "",
             f"{r.mean_confidence:.3f}" if ok and r.mean_confidence is not None else "",
             f"{r.seconds:.1f}" if r.seconds else "",
             (f"{r.mpp:.3f}" + ("*" if r.mpp_source == "estimated" else "")) if r.mpp else "",

@@ -10,20 +10,21 @@ from .app import app
 
 @app.command("export")
 def export_command(
-    model: Path = typer.Argument(..., help="A run directory, a .safetensors checkpoint, or an exported .onnx (to derive FP16/INT8/TensorRT from)."),
+    model: Path = typer.Argument(..., help="A run directory, a .safetensors checkpoint, an exported .onnx (to derive FP16/INT8/TensorRT "
+                                           "from), or a bundled model's name (default)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (model.onnx, model.fp16.onnx, ...) or a .onnx file name whose stem names the rest."),
     onnx: bool = typer.Option(True, "--onnx", help="FP32 ONNX (always written: every other format derives from it)."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write an FP16 ONNX model (float32 inputs/outputs) and report its agreement with FP32."),
     int8: bool = typer.Option(False, "--int8", help="Also write a static INT8 ONNX model for CPUs, calibrated on --calib DIR."),
     calib: Path = typer.Option(None, "--calib", help="Folder of cell crops for INT8 calibration (and comparisons when --data is not given)."),
     data: Path = typer.Option(None, "--data", help="Folder of cell crops to verify and compare on [default: --calib, else synthetic cells]."),
-    trt: bool = typer.Option(False, "--trt", help="Also build a TensorRT FP16 engine (NVIDIA GPU + `pip install wbc-deploy[trt]`)."),
-    trt_int8: bool = typer.Option(False, "--trt-int8", help="Enable INT8 in the TensorRT engine too (calibrated on --calib DIR)."),
+    trt: bool = typer.Option(False, "--trt", help="Also build a TensorRT FP16 engine (NVIDIA GPU + TensorRT 10 or 11: the trt-cu12 / trt-cu13 extras)."),
+    trt_int8: bool = typer.Option(False, "--trt-int8", help="INT8 TensorRT engine, calibrated on --calib DIR (TensorRT 10: calibrator; 11: QDQ explicit quantisation)."),
     min_batch: int = typer.Option(1, "--min-batch", help="TensorRT profile: smallest batch."),
     opt_batch: int = typer.Option(64, "--opt-batch", help="TensorRT profile: batch the kernels are tuned for."),
     max_batch: int = typer.Option(256, "--max-batch", help="TensorRT profile: largest batch."),
     workspace_mb: int = typer.Option(4096, "--workspace-mb", help="TensorRT builder workspace limit (MB)."),
-    timing_cache: Path = typer.Option(None, "--timing-cache", help="TensorRT timing cache to reuse and update [default: <out>/model.timing.cache]."),
+    timing_cache: Path = typer.Option(None, "--timing-cache", help="TensorRT timing cache base path, keyed by TensorRT version and GPU [default: <out>/model.timing.cache -> model.timing.<trt>-<gpu>.cache]."),
     device: int = typer.Option(0, "--device", help="CUDA device index for --trt."),
     verify: bool = typer.Option(False, "--verify", help="Compare ONNX Runtime with PyTorch (max |logit diff| <= 1e-4, top-1 100%) and fail otherwise."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (17 or newer)."),

@@ -10,11 +10,18 @@ from .app import app
 def models_command(
     input_size: int = typer.Option(None, "--input-size", help="Compute GFLOPs at this input size instead of each model's default."),
 ) -> None:
-    """List the architectures and attention variants with parameter count and GFLOPs at their input size."""
+    """List the bundled (ready to count) models, then the architectures and attention variants with
+    parameter count and GFLOPs at their input size."""
     from rich.table import Table
 
     from ..console import console
-    from ..model import ATTENTION_DESCRIPTIONS, ATTENTIONS, list_models, summarise
+
+    print_bundled(console)
+    try:
+        from ..model import ATTENTION_DESCRIPTIONS, ATTENTIONS, list_models, summarise
+    except ImportError:
+        console.print("architectures for training: install the training extra (pip install 'wbc-deploy[train]') to list them")
+        return
 
     table = Table(title="Architectures (--arch), 5 classes", title_justify="left")
     for col, kw in (("arch", {}), ("description", {}), ("input", {"justify": "right"}), ("attention", {}),
@@ -33,3 +40,26 @@ def models_command(
         att.add_row(name, ATTENTION_DESCRIPTIONS[name], f"{s.params:,}", f"{s.gflops:.2f}")
     console.print(att)
     console.print("GFLOPs count a multiply-add as 2 operations (GMACs = GFLOPs / 2, the figure torchvision's docs quote).")
+
+
+def print_bundled(console) -> None:
+    """The bundled models: name (MODEL / --model), architecture, classes, scale, test figures, licence."""
+    from rich.table import Table
+
+    from ..zoo import bundled_models
+
+    models = bundled_models()
+    if not models:
+        console.print("no bundled models in this installation")
+        return
+    table = Table(title="Bundled models (MODEL / --model NAME; count uses `default`)", title_justify="left")
+    for col in ("name", "arch", "input", "fov um", "classes", "test OA", "AF1", "trained on"):
+        table.add_column(col, justify="right" if col in ("input", "fov um", "test OA", "AF1") else "left")
+    for m in models:
+        test = (m.card.metrics or {}).get("test") or {}
+        name = f"{m.name} (default)" if m.is_default else m.name
+        data = (m.card.training or {}).get("data_name", "")
+        table.add_row(name, m.card.arch, str(m.card.input_size), f"{m.card.fov_um:g}" if m.card.fov_um else "-",
+                      ", ".join(m.card.classes), f"{test['OA']:.4f}" if "OA" in test else "-",
+                      f"{test['AF1']:.4f}" if "AF1" in test else "-", data)
+    console.print(table)

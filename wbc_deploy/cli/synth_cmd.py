@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 
 from ..card import DEFAULT_FOV_UM
-from .app import synth_app
+from .app import app, synth_app
 
 
 @synth_app.command("cells")
@@ -66,3 +66,21 @@ def synth_slide_command(
         f"({sum(counts.values())} WBCs: {detail})",
         highlight=False,
     )
+
+
+@app.command("demo-slide")
+def demo_slide_command(
+    out: Path = typer.Argument(Path("bccd-demo.svs"), help="Output slide (.svs, Aperio-style pyramidal TIFF)."),
+) -> None:
+    """Write the bundled real-pixel demo slide: 24 BCCD smear photographs (MIT) tiled at 0.074 um/px, and its truth file."""
+    from collections import Counter
+
+    from ..console import console
+    from ..demo import DEMO_MPP, write_demo_slide
+    from ..slide.synth import read_truth, truth_path
+
+    write_demo_slide(out)
+    counts = Counter(label for _, _, label in read_truth(truth_path(out)))
+    detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    console.print(f"wrote {out} (real BCCD photographs, {DEMO_MPP} um/px) and {truth_path(out).name} "
+                  f"({sum(counts.values())} annotated WBCs: {detail})", highlight=False)

@@ -7,7 +7,9 @@ import typer
 
 from .app import app
 
-_PRESET_HELP = "paper: the reference paper's setup (wbcnet+SCAM, ImageNet, 100 epochs, batch 16, lr 1e-5, 224 px); tiny: a small fast CPU model."
+_PRESET_HELP = ("paper: the reference paper's setup (wbcnet+SCAM, ImageNet, 100 epochs, batch 16, lr 1e-5, 224 px); "
+                "pbc: the shipped real-cell recipe (wbcnet-s at 64 px, --mpp 0.1, stain augmentation, glass white balance); "
+                "tiny: a small fast CPU model.")
 
 
 @app.command("train")
@@ -29,6 +31,19 @@ def train_command(
     workers: int = typer.Option(None, "--workers", help="Data-loading worker processes [default: 0]."),
     balance: bool = typer.Option(None, "--balance/--no-balance", help="Oversample minority classes (augmented) up to the largest [default: balance]."),
     device: str = typer.Option(None, "--device", help="auto, cpu or cuda[:N] [default: auto]."),
+    mpp: float = typer.Option(None, "--mpp", help="Microns per pixel of DATA's images: the model then sees --fov-um around "
+                                                  "each image's centre, cut as `count` cuts crops [default: the whole image]."),
+    fov_um: float = typer.Option(None, "--fov-um", help="Field of view in micrometres (with --mpp) [default: 24]."),
+    colour_aug: str = typer.Option(None, "--colour-aug", help="Colour augmentation: none, light, or stain (HED jitter, "
+                                                              "colour, blur, JPEG, noise: for models meant for other scanners)."),
+    scale_jitter: float = typer.Option(None, "--scale-jitter", help="+- relative scale jitter [default: 0.15 with --mpp, else 0]."),
+    stain: str = typer.Option(None, "--stain", help="Stain normalisation of every crop, in training and at inference: none, glass, reinhard."),
+    init: str = typer.Option(None, "--init", help="Fine-tune from this model (RUN directory or bundled name, e.g. default): "
+                                                  "its architecture and preprocessing, its weights."),
+    calibrate: bool = typer.Option(None, "--calibrate/--no-calibrate", help="Fit a temperature on the validation split [default: calibrate]."),
+    unidentified_below: float = typer.Option(None, "--unidentified-below", help="Calibrated confidence below which count "
+                                                                              "says `unidentified` (recorded in the card) [default: 0.5]."),
+    augment: bool = typer.Option(None, "--augment/--no-augment", help="Augment training images [default: augment]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch, with its saved split."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
@@ -43,7 +58,8 @@ def train_command(
         data, out, preset=preset, resume=resume, quiet=quiet,
         arch=arch, attention=attention, pretrained=pretrained, backbone_weights=weights, epochs=epochs,
         batch_size=batch_size, lr=lr, mixup_alpha=mixup_alpha, img_size=img_size, schedule=schedule, seed=seed, workers=workers,
-        balance=balance, device=device,
+        balance=balance, device=device, mpp=mpp, fov_um=fov_um, colour_aug=colour_aug, scale_jitter=scale_jitter, stain=stain,
+        init=init, calibrate=calibrate, unidentified_below=unidentified_below, augment=augment,
     )
     split = "test" if "test" in result.metrics else "val"
     console.print(metrics_table(result.metrics[split], title=f"{result.card.arch} on the {split} split (best epoch {result.best_epoch})"))

@@ -7,7 +7,7 @@ Modules (import the one you need; this package ``__init__`` imports nothing heav
 * :mod:`.verify`: ``verify_onnx_against_torch``, ``compare_onnx_models``, ``comparisons_table``;
 * :mod:`.quantize`: ``convert_fp16``, ``quantize_int8`` (ONNX Runtime static QDQ, per-channel);
 * :mod:`.int8_cpu`: the measured INT8 recipe for x86 CPUs (U8S8, BatchNorm as depthwise conv) over ``quantize_int8``;
-* :mod:`.tensorrt_build`: ``build_engine`` (TensorRT 10 Python API) with its JSON sidecar;
+* :mod:`.tensorrt_build`: ``plan_build`` and ``build_engine`` (TensorRT 10 or 11 Python API) with its JSON sidecar;
 * :mod:`.export`: ``export_model``, the whole ``wbc-deploy export`` job;
 * :mod:`.images`: verification/calibration images from a folder or synthetic cells.
 """

@@ -4,7 +4,7 @@ Artefacts for ``--out DIR`` (or ``--out name.onnx``: the same names with that st
 
 * ``model.onnx``: FP32, always written (every other format derives from it);
 * ``model.fp16.onnx`` (``--fp16``), ``model.int8.onnx`` (``--int8 --calib DIR``);
-* ``model.engine`` + ``model.engine.json`` (``--trt``), and ``model.timing.cache`` reused by later builds;
+* ``model.engine`` + ``model.engine.json`` (``--trt``), and ``model.timing.<tensorrt>-<gpu>.cache`` reused by later builds on the same TensorRT and GPU;
 * ``model.export.json``: the artefact table and every comparison, for scripts and benchmarks.
 
 With ``--verify`` the FP32 model is staged under a temporary name, compared with PyTorch and moved into
@@ -157,9 +157,12 @@ def export_model(
     """
     opts = options or ExportOptions()
     say = step or (lambda _msg: None)
-    model_path = Path(model_path).expanduser()
+    from ..zoo import find_bundled, resolve_model, unknown_model_message
+
+    bundled = find_bundled(str(model_path)) if not Path(model_path).expanduser().exists() else None
+    model_path = resolve_model(model_path, "torch" if bundled is not None and bundled.weights.is_file() else None)
     if not model_path.exists():
-        raise WbcError(f"model not found: {model_path}")
+        raise WbcError(unknown_model_message(model_path))
     from .onnx_meta import EXPORTERS, MIN_OPSET
     from .quantize import QUANT_FORMATS
 

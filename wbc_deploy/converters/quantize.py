@@ -151,13 +151,15 @@ def quantize_int8(
     quant_format: str = "qdq",
     per_channel: bool = True,
     activation_type: str = "int8",
+    activation_symmetric: bool = False,
     calibrate_method: str = "minmax",
     batch_size: int = 8,
     op_types: tuple[str, ...] | None = None,
 ) -> QuantisedModel:
     """Static INT8 quantisation of the FP32 export ``src``, calibrated on ``calibration`` (preprocessed).
 
-    ``activation_type`` ``int8`` (S8S8, ORT's QDQ default) or ``uint8`` (U8S8). Only ``op_types``
+    ``activation_type`` ``int8`` (S8S8, ORT's QDQ default) or ``uint8`` (U8S8); ``activation_symmetric``
+    forces zero points of 0 (what TensorRT's explicit quantisation takes). Only ``op_types``
     (default :data:`INT8_OP_TYPES`) are quantised; the final Softmax is excluded so the probabilities
     output stays float32 at full resolution.
     """
@@ -222,7 +224,7 @@ def quantize_int8(
                 nodes_to_exclude=softmax,
                 op_types_to_quantize=op_types,
                 calibrate_method=methods[calibrate_method],
-                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+                extra_options={"ActivationSymmetric": bool(activation_symmetric), "WeightSymmetric": True},
             )
         except Exception as exc:  # noqa: BLE001
             raise WbcError(f"INT8 quantisation of {src} failed ({type(exc).__name__}: {exc})") from None
@@ -233,6 +235,6 @@ def quantize_int8(
         out,
         "int8",
         time.perf_counter() - t0,
-        {"format": fmt, "per_channel": per_channel, "activation_type": activation_type,
+        {"format": fmt, "per_channel": per_channel, "activation_type": activation_type, "activation_symmetric": bool(activation_symmetric),
          "calibration_images": int(calibration.shape[0]), "calibrate_method": calibrate_method},
     )

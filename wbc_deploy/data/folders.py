@@ -197,8 +197,12 @@ def index_dataset(
         _collect_class_folders(base, None, index, candidates)
 
     index.samples = candidates
+    by_reason: dict[tuple[Path, str], list[str]] = {}
     for folder, why in index.ignored_folders:
-        warn(f"ignoring folder {folder.name!r} in {folder.parent}: {why}")
+        by_reason.setdefault((folder.parent, why), []).append(folder.name)
+    for (parent, why), names in by_reason.items():  # one line per place and reason (PBC: ig, erythroblast, platelet)
+        listed = ", ".join(repr(n) for n in names)
+        warn(f"ignoring folder{'s' if len(names) > 1 else ''} {listed} in {parent}: {why}")
     if index.non_image:
         warn(f"skipped {len(index.non_image)} non-image file(s), e.g. {index.non_image[0]}")
     if verify:

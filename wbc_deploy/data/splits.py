@@ -42,28 +42,46 @@ def _allocate(n: int, fractions: Sequence[float]) -> list[int]:
     return counts
 
 
+def content_key(path: Path) -> str:
+    """SHA-256 of a file's bytes (byte-identical images share a key); the path itself if it cannot be read."""
+    import hashlib
+
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError:
+        return f"path:{path}"
+
+
 def stratified_split(
     samples: Iterable[Sample], names: Sequence[str], fractions: Sequence[float], seed: int
 ) -> list[Sample]:
     """Assign each sample one of ``names`` with per-class ``fractions``; deterministic given ``seed``.
 
     Samples are sorted by path within each class before shuffling, so the result does not depend on
-    the order the files were listed in.
+    the order the files were listed in. Byte-identical files are one unit: they always land in the
+    same split (a duplicate in train and test would inflate the test figures), also across classes.
     """
     by_class: dict[str, list[Sample]] = defaultdict(list)
     for s in samples:
         by_class[s.label].append(s)
+    assigned: dict[str, str] = {}  # content key -> split, shared across classes
     out: list[Sample] = []
     for label in sorted(by_class, key=lambda c: (CLASSES.index(c) if c in CLASSES else 99, c)):
         items = sorted(by_class[label], key=lambda s: str(s.path))
+        groups: dict[str, list[Sample]] = {}
+        for s in items:
+            groups.setdefault(content_key(s.path), []).append(s)
+        keys = list(groups)  # first-seen order = path order
         rng = np.random.default_rng([abs(int(seed)), CLASSES.index(label) if label in CLASSES else 99])
-        perm = rng.permutation(len(items))
-        counts = _allocate(len(items), fractions)
+        perm = rng.permutation(len(keys))
+        counts = _allocate(len(keys), fractions)
         start = 0
         for name, k in zip(names, counts):
             for j in perm[start : start + k]:
-                s = items[int(j)]
-                out.append(Sample(s.path, s.label, name))
+                key = keys[int(j)]
+                split = assigned.setdefault(key, name)
+                out.extend(Sample(s.path, s.label, split) for s in groups[key])
             start += k
     return out
 

@@ -181,6 +181,20 @@ register_model(
     fuse_channels=128,
     hidden=128,
 )
+register_model(
+    "wbcnet-s",
+    "ResNet18+DenseNet121 to stage 3, for real cells on CPUs",
+    64,
+    "scam",
+    _wbcnet,
+    resnet="resnet18",
+    densenet="densenet121",
+    # Stage 3 (stride 16, 4x4 maps at 64 px): a receptive field that spans the whole cell, so the shape of
+    # the nucleus, not only its colour and texture, is what the classifier can use (stain varies by lab).
+    stage=3,
+    fuse_channels=128,
+    hidden=128,
+)
 for _name in ("resnet18", "resnet34", "resnet50", "densenet121"):
     register_model(_name, f"baseline {_name}", 224, None, _torchvision_classifier, tv_arch=_name)
 register_model("inception_v3", "baseline Inception v3", 299, None, _torchvision_classifier, tv_arch="inception_v3")

@@ -16,7 +16,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 from skimage.measure import approximate_polygon, find_contours
 
-from ..preprocess import resize_rgb
+from ..slide.crop import REFLECT, read_field, read_level
 from ..segment import SegmentParams, segment_fields
 from ..segment.stain import apply_table, density_tables, estimate_background
 from .options import COARSE_AREA_UM2, COARSE_MAX_ECCENTRICITY, COARSE_MIN_SOLIDITY, COARSE_UNEXPLAINED_UM2
@@ -71,27 +71,6 @@ def block_mean(rgb: np.ndarray, factor: int) -> np.ndarray:
     return np.asarray(Image.fromarray(whole).reduce(factor))
 
 
-def read_level(reader, level: int, x: int, y: int, w: int, h: int, fill: tuple[float, float, float] | None = None) -> np.ndarray:
-    """RGB uint8 region of pyramid ``level`` at level pixels (x, y), size (w, h); outside the slide is ``fill``.
-
-    ``fill`` defaults to white glass. Only the part inside the slide is read.
-    """
-    lw, lh = reader.level_dimensions[level]
-    ds = float(reader.level_downsamples[level])
-    x0, y0 = max(0, x), max(0, y)
-    x1, y1 = min(lw, x + w), min(lh, y + h)
-    region = None
-    if x1 > x0 and y1 > y0:
-        region = np.asarray(reader.read_region((int(round(x0 * ds)), int(round(y0 * ds))), level, (x1 - x0, y1 - y0)))
-        if region.shape == (h, w, 3) and region.dtype == np.uint8:
-            return region  # wholly inside the slide: no copy
-    out = np.empty((h, w, 3), np.uint8)
-    out[:] = np.asarray(fill if fill is not None else (255, 255, 255), dtype=np.float64).round().astype(np.uint8)
-    if region is not None:
-        out[y0 - y : y1 - y, x0 - x : x1 - x] = region[..., :3]
-    return out
-
-
 def read_at(reader, res: Resolution, box: tuple[int, int, int, int], fill=None) -> np.ndarray:
     """The image at resolution ``res`` over ``box`` (x0, y0, x1, y1 in ``res`` pixels): read, then block-averaged."""
     x0, y0, x1, y1 = box
@@ -100,16 +79,19 @@ def read_at(reader, res: Resolution, box: tuple[int, int, int, int], fill=None) 
     return block_mean(rgb, f)
 
 
-def read_crop(reader, crop: CropGeometry, x: float, y: float, fill: tuple[float, float, float] | None) -> np.ndarray:
+def crop_fill(reader, plan: ScanPlan):
+    """What fills a crop beyond the image: the glass colour on a slide; a mirror image on a plain image
+    (a photographed field continues as smear beyond its edge), as in training with ``--mpp``."""
+    return REFLECT if getattr(reader, "vendor", "") in ("image", "array") else plan.background
+
+
+def read_crop(reader, crop: CropGeometry, x: float, y: float, fill) -> np.ndarray:
     """The square field of view centred on level-0 (x, y), resized to the model's input size (RGB uint8).
 
     (x, y) are continuous level-0 coordinates (pixel (i, j) spans [i, i+1) x [j, j+1)), as in cells.csv.
+    The cutting is :func:`wbc_deploy.slide.crop.read_field`, shared with training and evaluation.
     """
-    ds = crop.downsample
-    half = crop.side / 2.0
-    left, top = int(math.floor(x / ds - half + 0.5)), int(math.floor(y / ds - half + 0.5))
-    rgb = read_level(reader, crop.level, left, top, crop.side, crop.side, fill)
-    return resize_rgb(rgb, crop.input_size)
+    return read_field(reader, crop.level, crop.downsample, crop.side, crop.input_size, x, y, fill)
 
 
 def _outline(labels: np.ndarray, cell_id: int, bbox: tuple[int, int, int, int]) -> list[tuple[float, float]]:
@@ -292,7 +274,7 @@ def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResu
     s = plan.crop.input_size
     images = np.empty((len(cells) if crops else 0, s, s, 3), np.uint8)
     for i in range(len(images)):
-        images[i] = read_crop(reader, plan.crop, cells[i].x, cells[i].y, plan.background)
+        images[i] = read_crop(reader, plan.crop, cells[i].x, cells[i].y, crop_fill(reader, plan))
     t3 = time.perf_counter()
     return TileResult(index=tile.index, cells=cells, crops=images, windows=len(slices), refined=len(refine),
                       seconds={"read": read_s, "detect": (t2 - t1) - (read_s - (t1 - t0)), "crop": t3 - t2})

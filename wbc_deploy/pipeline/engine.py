@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..preprocess import normalise_batch
+from ..preprocess import prepare_resized
 from .detect import TileResult
 from .plan import Tile
 from .store import ProgressStore, StoredCell
@@ -84,7 +84,7 @@ def stream_slide(
         take, buf = buf[:n], buf[n:]
         t0 = time.perf_counter()
         crops = np.stack([p.result.crops[row] for p, row in take])
-        probs = backend.predict(normalise_batch(crops, card.mean, card.std, card.color_order))
+        probs = backend.predict(prepare_resized(crops, card))
         stats.seconds["infer"] += time.perf_counter() - t0
         for (p, row), pr in zip(take, probs):
             p.probs[row] = pr

@@ -101,14 +101,14 @@ def write_gallery(out_dir: Path, name: str, reader, plan, collector: GalleryColl
     """
     from ..explain.gallery import CellTile, write_class_galleries
     from ..explain.report import write_slide_report
-    from .detect import read_crop
+    from .detect import crop_fill, read_crop
     from .scale import thumbnail
 
     tiles_by_class = {}
     for label in classes:
         entries = collector.entries(label)
         if entries:
-            tiles_by_class[label] = [CellTile(image=read_crop(reader, plan.crop, e.x, e.y, plan.background),
+            tiles_by_class[label] = [CellTile(image=read_crop(reader, plan.crop, e.x, e.y, crop_fill(reader, plan)),
                                               confidence=e.confidence, cell_id=e.cell_id) for e in entries]
     written: dict[str, Path] = {}
     for p in write_class_galleries(out_dir, name, tiles_by_class, k=collector.k, counts=counts):

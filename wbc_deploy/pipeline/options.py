@@ -75,6 +75,8 @@ class CountOptions:
     geojson: bool = False
     gallery: bool = False
     gallery_k: int = GALLERY_K
+    #: Write ``<slide>.review.html``: every counted cell's crop, to confirm or reclassify (``recount``).
+    review: bool = False
     truth: bool = False
     quiet: bool = False
     detect_mpp: float = DETECT_MPP
@@ -83,6 +85,9 @@ class CountOptions:
     refine_all: bool = False
     tile_um: float = TILE_UM
     overlap_um: float = OVERLAP_UM
+    #: Cells whose calibrated confidence is below this are ``unidentified``; None: the model card's
+    #: ``confidence_threshold`` (0 turns it off).
+    confidence_threshold: float | None = None
     #: Extra keyword arguments for :func:`wbc_deploy.runtime.open_backend` (e.g. ``intra_op_threads``).
     backend_options: dict = field(default_factory=dict)
     #: Library hook, called after each tile is committed to the progress store with
@@ -100,6 +105,8 @@ class CountOptions:
             raise WbcError(f"--executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
         if self.mpp is not None and not (math.isfinite(self.mpp) and 0.01 <= self.mpp <= 10.0):
             raise WbcError(f"--mpp must be micrometres per pixel between 0.01 and 10 (e.g. 0.25 for a 40x scan), got {self.mpp}")
+        if self.confidence_threshold is not None and not (0.0 <= self.confidence_threshold <= 1.0):
+            raise WbcError(f"--confidence-threshold must be within 0..1 (0 turns unidentified off), got {self.confidence_threshold}")
         if int(self.gallery_k) < 1:
             raise WbcError(f"--gallery-k must be at least 1, got {self.gallery_k}")
         if not (0.1 <= self.detect_mpp <= 4.0):
@@ -122,4 +129,10 @@ class CountOptions:
             "outlines": bool(self.geojson),
             "tile_um": float(self.tile_um),
             "overlap_um": float(self.overlap_um),
+            "confidence_threshold": self.confidence_threshold,
         }
+
+    def threshold_for(self, card) -> float | None:
+        """The confidence below which a cell is ``unidentified``: this option, else the card's (None: never)."""
+        t = self.confidence_threshold if self.confidence_threshold is not None else getattr(card, "confidence_threshold", None)
+        return float(t) if t else None

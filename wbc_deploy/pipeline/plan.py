@@ -16,6 +16,7 @@ from scipy import ndimage as ndi
 
 from ..card import DEFAULT_FOV_UM
 from ..segment.stain import estimate_background
+from ..slide.crop import field_side
 from .options import (CANDIDATE_MIN_UM2, CANDIDATE_OD, MASK_MAX_PX, MASK_MPP, TILE_MAX_READ_PX, WINDOW_MARGIN_UM,
                       CountOptions)
 
@@ -150,7 +151,7 @@ def choose_crop_level(mpp: float, downsamples: list[float], fov_um: float, input
             level = i
     ds = float(downsamples[level])
     level_mpp = mpp * ds
-    side = max(1, int(round(fov_um / level_mpp)))
+    side = field_side(fov_um, level_mpp)
     return CropGeometry(level=level, downsample=ds, side=side, level_mpp=level_mpp, fov_um=fov_um, input_size=int(input_size))
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..classes import UNIDENTIFIED
+
 #: Slide statuses in summary.csv.
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -79,11 +81,21 @@ class SlideResult:
 
     @property
     def n_wbc(self) -> int:
+        """Every WBC detected, ``unidentified`` ones included."""
         return int(sum(self.counts.values()))
 
+    @property
+    def n_unidentified(self) -> int:
+        return int(self.counts.get(UNIDENTIFIED, 0))
+
+    @property
+    def n_counted(self) -> int:
+        """The differential's denominator: WBCs with a class (``unidentified`` ones left out)."""
+        return self.n_wbc - self.n_unidentified
+
     def percentages(self, classes: list[str]) -> dict[str, float]:
-        """The differential: per-class percentage of all WBCs counted (0 when none)."""
-        n = self.n_wbc
+        """The differential: per-class percentage of the counted WBCs (``unidentified`` left out; 0 when none)."""
+        n = self.n_counted
         return {c: (100.0 * self.counts.get(c, 0) / n if n else 0.0) for c in classes}
 
 

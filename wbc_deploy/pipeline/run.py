@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import functools
 import json
+import shutil
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack
@@ -19,6 +20,7 @@ from pathlib import Path
 from rich.progress import TextColumn
 
 from .. import __version__
+from ..classes import UNIDENTIFIED
 from ..console import make_progress, warn
 from ..errors import WbcError
 from ..files import output_folder, sha256_file
@@ -30,6 +32,7 @@ from .inputs import discover_inputs, slide_name
 from .options import MATCH_UM, CountOptions
 from .outputs import SUMMARY_NAME, label_of, write_cells_csv, write_geojson, write_summary, write_truth_comparison
 from .plan import ScanPlan, plan_scan, thumbnail_size, tissue_mask
+from .review import review_cell, write_review
 from .result import STATUS_ERROR, STATUS_INTERRUPTED, STATUS_OK, STATUS_PENDING, RunResult, SlideResult
 from .scale import resolve_mpp, thumbnail
 from .store import ProgressStore, settings_hash, slide_identity
@@ -63,8 +66,9 @@ class RunContext:
 
 def remove_outputs(out_dir: Path, name: str) -> None:
     """Delete a slide's previous outputs so a failed recount never leaves stale files that look complete."""
-    for suffix in (".cells.csv", ".geojson", ".truth_comparison.csv", ".report.html"):
+    for suffix in (".cells.csv", ".geojson", ".truth_comparison.csv", ".report.html", ".review.html"):
         (out_dir / f"{name}{suffix}").unlink(missing_ok=True)
+    shutil.rmtree(out_dir / f"{name}.review", ignore_errors=True)
     for f in out_dir.glob(f"{name}.gallery.*.png"):
         f.unlink(missing_ok=True)
 
@@ -159,27 +163,31 @@ def finish_outputs(path: Path, name: str, reader, plan: ScanPlan, store: Progres
     """Assemble cells.csv (and GeoJSON, truth comparison, galleries) from the progress store."""
     opts = ctx.options
     classes = list(ctx.backend.card.classes)
+    threshold = opts.threshold_for(ctx.backend.card)
     out = ctx.out_dir
     xy: list[tuple[float, float]] = []
     labels: list[str] = []
     collector = GalleryCollector(opts.gallery_k) if opts.gallery else None
+    review_cells: list = []
 
     def cells():
         for i, (_, cell) in enumerate(store.iter_cells(), start=1):
-            label, conf = label_of(cell.probs, classes)
+            label, conf = label_of(cell.probs, classes, threshold)
             xy.append((cell.x, cell.y))
             labels.append(label)
             if collector is not None:
                 collector.add(i, label, conf, cell.x, cell.y)
+            if opts.review:
+                review_cells.append(review_cell(i, cell.probs, classes, label, conf))
             yield cell
 
     cells_path = out / f"{name}.cells.csv"
-    counts, mean_conf = write_cells_csv(cells_path, cells(), classes)
+    counts, mean_conf = write_cells_csv(cells_path, cells(), classes, threshold)
     result.counts, result.mean_confidence = counts, mean_conf
     result.outputs["cells"] = cells_path
     if opts.geojson:
         gj = out / f"{name}.geojson"
-        write_geojson(gj, (c for _, c in store.iter_cells()), classes)
+        write_geojson(gj, (c for _, c in store.iter_cells()), classes, threshold, slide=name)
         result.outputs["geojson"] = gj
     if opts.truth:
         tp = truth_path_for(path)
@@ -194,6 +202,11 @@ def finish_outputs(path: Path, name: str, reader, plan: ScanPlan, store: Progres
                 result.outputs["truth"] = cmp_path
         else:
             warn(f"{name}: --truth given but there is no {tp.name} beside the slide")
+    if opts.review:
+        try:
+            result.outputs["review"] = write_review(out, name, reader, plan, review_cells, xy, classes, ctx.executor)
+        except Exception as exc:  # noqa: BLE001 - a review aid must never cost the counts already written
+            warn(f"{name}: review page not written ({type(exc).__name__}: {' '.join(str(exc).split())})")
     if collector is not None:
         try:
             settings = {"model": str(ctx.backend.model_path), "model_sha256": ctx.model_sha256,
@@ -230,7 +243,7 @@ def result_from_row(row: dict[str, str], path: Path, classes: list[str]) -> Slid
             return None
 
     r = SlideResult(slide=row["slide"], path=path, status=STATUS_OK, backend=row.get("backend", ""),
-                    counts={c: num(f"n_{c}", int) or 0 for c in classes}, mean_confidence=num("mean_confidence"),
+                    counts={c: num(f"n_{c}", int) or 0 for c in [*classes, UNIDENTIFIED]}, mean_confidence=num("mean_confidence"),
                     seconds=num("seconds") or 0.0, mpp=num("mpp"), mpp_source=row.get("mpp_source", ""),
                     tiles_total=num("tiles_total", int) or 0, tiles_scanned=num("tiles_scanned", int) or 0,
                     previous_row=dict(row))
@@ -309,7 +322,10 @@ def count_slides(inputs, model: str | Path, out_dir: str | Path, options: CountO
         classes = list(backend.card.classes)
         summary_path = out / SUMMARY_NAME
         previous = _previous_rows(summary_path) if options.resume else {}
-        model_sha = sha256_file(model) if Path(model).exists() else str(model)
+        from ..zoo import resolve_model
+
+        resolved = resolve_model(model, options.backend)
+        model_sha = sha256_file(resolved) if resolved.exists() else str(model)
         settings_sha = settings_hash(options.result_settings())
         results: list[SlideResult] = []
         names: dict[str, Path] = {}

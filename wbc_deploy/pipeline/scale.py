@@ -7,7 +7,7 @@ import numpy as np
 
 from ..errors import WbcError
 from ..segment import estimate_mpp
-from .detect import read_level
+from ..slide.crop import read_level
 
 
 def thumbnail(reader, side: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Inference runtimes behind one interface: ONNX Runtime, native TensorRT engines, PyTorch checkpoints.
 
-``open_backend(path)`` picks the backend from the file type (``.onnx`` -> ort, ``.engine``/``.plan`` ->
+``open_backend(path)`` accepts a bundled model's name (``default``, see :mod:`wbc_deploy.zoo`) and picks the backend from the file type (``.onnx`` -> ort, ``.engine``/``.plan`` ->
 trt, RUN directory / ``.safetensors`` -> torch) or from ``backend=``. Importing this package and running
 ONNX Runtime inference never imports torch, tensorrt or pycuda; those load only when their backend is built.
 """
@@ -36,7 +36,9 @@ def canonical_backend(name: str) -> str:
 
 def backend_for_path(model_path: str | Path) -> str:
     """The backend a model file's type calls for."""
-    p = Path(model_path)
+    from ..zoo import resolve_model
+
+    p = resolve_model(model_path)
     suffix = p.suffix.lower()
     if suffix == ".onnx":
         return "ort"
@@ -56,9 +58,11 @@ def open_backend(model_path: str | Path, backend: str | None = None, **options: 
     ``options`` go to the backend: ort takes ``providers``, ``intra_op_threads``, ``inter_op_threads``,
     ``graph_optimization``, ...; trt takes ``device``; torch takes ``device``, ``half``, ``threads``.
     """
-    p = Path(model_path)
+    from ..zoo import resolve_model, unknown_model_message
+
+    p = resolve_model(model_path, canonical_backend(backend) if backend else None)
     if not p.exists():
-        raise WbcError(f"model not found: {p}")
+        raise WbcError(unknown_model_message(model_path))
     by_type = backend_for_path(p) if backend is None or p.suffix.lower() in (".onnx", *ENGINE_SUFFIXES) or p.is_dir() else None
     name = canonical_backend(backend) if backend else by_type
     if by_type is not None and name != by_type:

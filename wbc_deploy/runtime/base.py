@@ -28,6 +28,20 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Temperature-scaled probabilities from softmax outputs: softmax(log(p) / T) == softmax(logits / T).
+
+    (log p differs from the logits by a per-row constant, which the softmax removes.) T = 1 returns
+    ``probs`` unchanged; zero probabilities stay zero.
+    """
+    t = float(temperature)
+    if t == 1.0 or probs.size == 0:
+        return probs
+    with np.errstate(divide="ignore"):
+        logp = np.log(np.clip(probs.astype(np.float64), 0.0, None))
+    return softmax(logp / t).astype(np.float32)
+
+
 class Backend(ABC):
     """A loaded model that predicts class probabilities.
 
@@ -116,7 +130,7 @@ class Backend(ABC):
                 f"{self.model_path.name} returned shape {tuple(out.shape)} for {n} images but its card lists "
                 f"{n_cls} classes: the model file and its metadata disagree; re-export it with `wbc-deploy export`"
             )
-        return out
+        return apply_temperature(out, getattr(self.card, "temperature", 1.0))
 
     def __enter__(self) -> Backend:
         return self

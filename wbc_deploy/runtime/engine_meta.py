@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..files import sha256_file
+from ..files import atomic_write_text, sha256_file
 from ..card import ModelCard
 from ..errors import WbcError
 
@@ -24,7 +24,6 @@ def sidecar_path(engine_path: str | Path) -> Path:
     """``model.engine`` -> ``model.engine.json``."""
     p = Path(engine_path)
     return p.with_name(p.name + ".json")
-
 
 
 @dataclass
@@ -53,7 +52,7 @@ class EngineInfo:
 
     def write(self, engine_path: str | Path) -> Path:
         path = sidecar_path(engine_path)
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(asdict(self), indent=2) + "\n")
         return path
 
     @classmethod

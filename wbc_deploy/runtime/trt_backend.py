@@ -5,8 +5,10 @@ input/output buffers and device buffers. One execution context runs on a compute
 out run on their own streams and are ordered with CUDA events, so while batch *k* executes, batch *k+1*
 is copied in and batch *k-1* copied out. Each call may use any batch size within the profile.
 
-``tensorrt`` and ``pycuda`` are imported lazily (only when a backend is built); without them, or
-without an NVIDIA GPU, construction fails with one line naming ``pip install wbc-deploy[trt]``.
+``tensorrt`` (10 or 11) and ``pycuda`` are imported lazily (only when a backend is built); without them,
+or without an NVIDIA GPU, construction fails with one line naming the ``trt-cu12``/``trt-cu13`` extras.
+At load the engine's output shape is checked against the sidecar's card; :meth:`TrtBackend.close`
+frees every buffer, stream and event it made, in its own CUDA context.
 
 A ``TrtBackend`` owns one execution context and one pair of buffer sets: use it from one thread at a
 time (open one backend per worker thread if several must run at once; ONNX Runtime sessions, by
@@ -25,57 +27,10 @@ import numpy as np
 from ..errors import WbcError
 from .base import Backend, softmax
 from .engine_meta import REBUILD_HINT, EngineInfo, check_compatible
+from .trt_support import TRT_INSTALL_HINT, check_device_index, gpu_identity, import_pycuda, import_tensorrt, one_line_errors
 
-TRT_INSTALL_HINT = (
-    "TensorRT engines need an NVIDIA GPU with its driver plus the tensorrt and pycuda packages "
-    "(`pip install wbc-deploy[trt]`)"
-)
-
-
-def import_tensorrt() -> Any:
-    """``import tensorrt`` or a WbcError with the install hint."""
-    try:
-        import tensorrt as trt
-    except Exception as exc:  # ImportError, or OSError when libnvinfer cannot load
-        raise WbcError(f"TensorRT is not available ({type(exc).__name__}: {exc}): {TRT_INSTALL_HINT}") from None
-    return trt
-
-
-def import_pycuda() -> Any:
-    """Initialise the CUDA driver through pycuda, or a WbcError with the install hint."""
-    try:
-        import pycuda.driver as cuda
-    except Exception as exc:
-        raise WbcError(f"pycuda is not available ({type(exc).__name__}: {exc}): {TRT_INSTALL_HINT}") from None
-    try:
-        cuda.init()
-        count = cuda.Device.count()
-    except Exception as exc:  # pycuda.driver.Error: no driver / no device
-        raise WbcError(f"no usable CUDA device ({exc}): {TRT_INSTALL_HINT}") from None
-    if count == 0:
-        raise WbcError(f"no CUDA device found: {TRT_INSTALL_HINT}")
-    return cuda
-
-
-def gpu_identity(device: int = 0) -> tuple[str, str]:
-    """(GPU name, compute capability "major.minor") of CUDA device ``device``.
-
-    Uses pycuda when present, else torch (export machines have it); WbcError when neither sees a GPU.
-    """
-    try:
-        cuda = import_pycuda()
-        dev = cuda.Device(device)
-        major, minor = dev.compute_capability()
-        return dev.name(), f"{major}.{minor}"
-    except WbcError as first:
-        try:
-            import torch
-        except Exception:
-            raise first from None
-        if not torch.cuda.is_available() or device >= torch.cuda.device_count():
-            raise WbcError(f"no CUDA device {device} found: {TRT_INSTALL_HINT}") from None
-        major, minor = torch.cuda.get_device_capability(device)
-        return torch.cuda.get_device_name(device), f"{major}.{minor}"
+__all__ = ["TRT_INSTALL_HINT", "TrtBackend", "double_buffered", "gpu_identity", "import_pycuda", "import_tensorrt",
+           "split_for_profile"]
 
 
 def split_for_profile(batch: np.ndarray, min_batch: int, max_batch: int) -> Iterator[tuple[np.ndarray | None, int, bool]]:
@@ -146,7 +101,7 @@ def double_buffered(
 
 
 class _BufferSet:
-    """One set of page-locked host buffers and device buffers sized for the profile's max batch."""
+    """One set of page-locked host buffers, device buffers and events, sized for the profile's max batch."""
 
     def __init__(self, cuda: Any, in_shape: tuple[int, ...], in_dtype: Any, out_shape: tuple[int, ...], out_dtype: Any) -> None:
         self.host_in = cuda.pagelocked_empty(in_shape, in_dtype)
@@ -158,12 +113,33 @@ class _BufferSet:
         self.copied_out = cuda.Event()  # output back in host_out
         self.rows = 0  # rows of the batch last queued on this set
 
-    def free(self) -> None:
-        for buf in (self.dev_in, self.dev_out):
-            try:
-                buf.free()
-            except Exception:  # noqa: BLE001 - already freed or context gone
-                pass
+    def release(self) -> list[str]:
+        """Free the device and page-locked host memory now and drop the events; call with the context pushed.
+
+        pycuda frees a ``DeviceAllocation`` or a ``PagelockedHostAllocation`` (the ``.base`` of a
+        ``pagelocked_empty`` array) at once with ``.free()`` (pycuda docs, *Global Device Memory* and
+        *Pagelocked Host Memory*); events have no ``free`` and are destroyed when their last reference goes.
+        Returns what could not be freed (empty when all went).
+        """
+        failed: list[str] = []
+        for name in ("dev_in", "dev_out"):
+            buf = getattr(self, name, None)
+            if buf is not None:
+                try:
+                    buf.free()
+                except Exception as exc:  # noqa: BLE001 - report, keep releasing the rest
+                    failed.append(f"{name} ({type(exc).__name__})")
+        for name in ("host_in", "host_out"):
+            arr = getattr(self, name, None)
+            alloc = getattr(arr, "base", None)
+            if alloc is not None and hasattr(alloc, "free"):
+                try:
+                    alloc.free()
+                except Exception as exc:  # noqa: BLE001
+                    failed.append(f"{name} ({type(exc).__name__})")
+        for name in ("host_in", "host_out", "dev_in", "dev_out", "copied_in", "computed", "copied_out"):
+            setattr(self, name, None)
+        return failed
 
 
 class TrtBackend(Backend):
@@ -173,37 +149,43 @@ class TrtBackend(Backend):
         model_path: the engine; its sidecar ``<engine>.json`` must sit beside it.
         device: CUDA device index.
         check_gpu: refuse engines built for another GPU or TensorRT version (keep True outside debugging).
+
+    Every failure (no TensorRT, another GPU, a corrupt engine, an engine whose output disagrees with its
+    card, a CUDA error while running) is one WbcError line.
     """
 
     name = "trt"
 
     def __init__(self, model_path: str | Path, device: int = 0, check_gpu: bool = True) -> None:
+        self._closed = True
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise WbcError(f"TensorRT engine not found: {self.model_path}")
-        self._closed = True
         info = EngineInfo.read(self.model_path)
         self.info = info
         self.card = info.model_card(source=f"engine sidecar of {self.model_path.name}")
         trt = import_tensorrt()
         cuda = import_pycuda()
         self._trt, self._cuda = trt, cuda
-        if device >= cuda.Device.count():
-            raise WbcError(f"CUDA device {device} does not exist (this machine has {cuda.Device.count()})")
-        dev = cuda.Device(device)
-        major, minor = dev.compute_capability()
-        gpu_name, cc = dev.name(), f"{major}.{minor}"
+        check_device_index(device, cuda.Device.count())
+        with one_line_errors(f"reading CUDA device {device}"):
+            dev = cuda.Device(device)
+            major, minor = dev.compute_capability()
+            gpu_name, cc = str(dev.name()), f"{major}.{minor}"
         if check_gpu:
             check_compatible(info, self.model_path, trt.__version__, gpu_name, cc)
         self.device = f"cuda:{device} ({gpu_name})"
+        self._buffers: list[_BufferSet] = []
+        self._streams: list[Any] = []
         # The primary context is the one the CUDA runtime (and so TensorRT) uses: share it.
-        self._ctx = dev.retain_primary_context()
-        self._ctx.push()
+        with one_line_errors(f"activating CUDA device {device}"):
+            self._ctx = dev.retain_primary_context()
+            self._ctx.push()
         try:
-            self._load(trt, cuda)
+            with one_line_errors(f"loading the TensorRT engine {self.model_path.name}"):
+                self._load(trt, cuda)
         except BaseException:
-            self._ctx.pop()
-            self._ctx.detach()
+            self._release()
             raise
         self._ctx.pop()
         self._closed = False
@@ -226,28 +208,33 @@ class TrtBackend(Backend):
         pmin, _popt, pmax = (tuple(s) for s in engine.get_tensor_profile_shape(self.input_name, 0))
         s = self.input_size
         if tuple(pmax[1:]) != (3, s, s):
-            raise WbcError(f"{self.model_path.name} takes {tuple(pmax[1:])} inputs but its card says 3 x {s} x {s}: rebuild with `wbc-deploy export --trt`")
+            raise WbcError(f"{self.model_path.name} takes {tuple(pmax[1:])} inputs but its card says 3 x {s} x {s}: {REBUILD_HINT}")
         self.min_batch, self.max_batch = int(pmin[0]), int(pmax[0])
         n_cls = len(self.card.classes)
+        self._context = engine.create_execution_context()
+        check_output_shape(tuple(engine.get_tensor_shape(self.output_name)), None, n_cls, self.model_path.name)
+        if not self._context.set_input_shape(self.input_name, (self.max_batch, 3, s, s)):
+            raise WbcError(f"{self.model_path.name} rejects its own profile's max batch {self.max_batch}: {REBUILD_HINT}")
+        check_output_shape(tuple(self._context.get_tensor_shape(self.output_name)), self.max_batch, n_cls, self.model_path.name)
         in_dtype = trt.nptype(engine.get_tensor_dtype(self.input_name))
         out_dtype = trt.nptype(engine.get_tensor_dtype(self.output_name))
-        self._context = engine.create_execution_context()
-        self._buffers = [
-            _BufferSet(cuda, (self.max_batch, 3, s, s), in_dtype, (self.max_batch, n_cls), out_dtype) for _ in range(2)
-        ]
         self._copy_in = cuda.Stream()
         self._compute = cuda.Stream()
         self._copy_out = cuda.Stream()
+        self._streams = [self._copy_in, self._compute, self._copy_out]
+        for _ in range(2):
+            self._buffers.append(_BufferSet(cuda, (self.max_batch, 3, s, s), in_dtype, (self.max_batch, n_cls), out_dtype))
 
     @contextmanager
-    def _active(self) -> Iterator[None]:
+    def _active(self, what: str) -> Iterator[None]:
         if self._closed:
             raise WbcError(f"TensorRT backend for {self.model_path.name} is closed")
         self._ctx.push()
         try:
-            yield
+            with one_line_errors(f"TensorRT {what} with {self.model_path.name}"):
+                yield
         finally:
-            self._ctx.pop()
+            self._cuda.Context.pop()
 
     # -- execution -------------------------------------------------------------------------------
     def _enqueue(self, slot: int, chunk: np.ndarray) -> None:
@@ -255,7 +242,7 @@ class TrtBackend(Backend):
         buf = self._buffers[slot]
         n = chunk.shape[0]
         cuda = self._cuda
-        with self._active():
+        with self._active(f"execution of a batch of {n}"):
             # The scheduler only reuses a set after collecting it, so host_in/host_out are free here.
             buf.host_in[:n] = chunk
             cuda.memcpy_htod_async(buf.dev_in, buf.host_in[:n], self._copy_in)
@@ -277,14 +264,14 @@ class TrtBackend(Backend):
     def _collect(self, slot: int) -> np.ndarray:
         """Wait for set ``slot``'s copy-out; return its probabilities (copied: the set is reused)."""
         buf = self._buffers[slot]
-        with self._active():
+        with self._active("copy-out"):
             buf.copied_out.synchronize()
         out = np.array(buf.host_out[: buf.rows], dtype=np.float32)
         return softmax(out) if self.card.output == "logits" else out
 
     def _synchronize(self) -> None:
-        with self._active():
-            for stream in (self._copy_in, self._compute, self._copy_out):
+        with self._active("stream synchronisation"):
+            for stream in self._streams:
                 stream.synchronize()
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -313,17 +300,62 @@ class TrtBackend(Backend):
             if not self._closed:
                 self._synchronize()
 
+    # -- tear-down -------------------------------------------------------------------------------
+    def _release(self) -> list[str]:
+        """Free everything ``__init__``/``_load`` allocated, with this backend's context current, then detach.
+
+        Called with the context pushed (from ``__init__`` on failure, or by :meth:`close`). Order: wait for
+        the streams, free device and page-locked buffers, drop events and streams (pycuda destroys a
+        stream or event under its own context when the last reference goes: ``~stream()`` in pycuda's
+        ``cuda.hpp``), then the TensorRT context, engine and runtime (TensorRT frees their device memory
+        through the CUDA runtime, i.e. in the current context); only then pop and release the context.
+        """
+        failed: list[str] = []
+        try:
+            for stream in self._streams:
+                try:
+                    stream.synchronize()
+                except Exception as exc:  # noqa: BLE001 - a failed stream must not keep the memory pinned
+                    failed.append(f"stream ({type(exc).__name__})")
+            for buf in self._buffers:
+                failed += buf.release()
+            self._buffers = []
+            self._streams = []
+            self._copy_in = self._compute = self._copy_out = None
+            for attr in ("_context", "_engine", "_runtime"):
+                if hasattr(self, attr):
+                    setattr(self, attr, None)
+        finally:
+            try:
+                self._cuda.Context.pop()
+            finally:
+                self._ctx.detach()
+        return failed
+
     def close(self) -> None:
+        """Release device buffers, page-locked host buffers, streams, events and the engine. Safe to call twice."""
         if getattr(self, "_closed", True):
             return
-        self._ctx.push()
+        from ..console import warn
+
+        self._closed = True
         try:
-            for stream in (self._copy_in, self._compute, self._copy_out):
-                stream.synchronize()
-            for buf in self._buffers:
-                buf.free()
-            del self._context, self._engine, self._runtime
-        finally:
-            self._ctx.pop()
-            self._ctx.detach()
-            self._closed = True
+            self._ctx.push()
+        except Exception as exc:  # noqa: BLE001 - a dead context: nothing can be freed in it any more
+            warn(f"TensorRT backend for {self.model_path.name}: its CUDA context is gone ({type(exc).__name__}); buffers were not freed")
+            return
+        failed = self._release()
+        if failed:
+            warn(f"TensorRT backend for {self.model_path.name}: could not free {', '.join(failed)}")
+
+
+def check_output_shape(shape: tuple[int, ...], batch: int | None, n_classes: int, name: str) -> None:
+    """Refuse an engine whose output is not ``batch x n_classes`` (``-1`` batch allowed when ``batch`` is None)."""
+    want = f"{'N' if batch is None else batch} x {n_classes}"
+    dims = tuple(int(d) for d in shape)
+    ok = len(dims) == 2 and dims[1] == n_classes and (batch is None or dims[0] == batch)
+    if not ok:
+        raise WbcError(
+            f"{name} produces outputs of shape {dims} but its sidecar's card needs {want} "
+            f"({n_classes} classes): the engine and its sidecar disagree; {REBUILD_HINT}"
+        )

@@ -58,8 +58,10 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module | Mapping[str, torch.T
 
 
 def _resolve(path: str | Path) -> tuple[Path, Path | None]:
-    """(weights file, card.json candidate) for a run directory or a .safetensors file."""
-    path = Path(path).expanduser()
+    """(weights file, card.json candidate) for a run directory, a .safetensors file or a bundled model name."""
+    from ..zoo import resolve_model
+
+    path = resolve_model(path, "torch")
     if path.is_dir():
         weights = path / CHECKPOINT_NAME
         if not weights.is_file():

@@ -28,10 +28,11 @@ def load_predictor(model_path: str | Path, device: str = "cpu") -> tuple[Predict
     """A predictor and card for MODEL: a run directory, a ``.safetensors`` checkpoint, or an exported model,
     through :func:`wbc_deploy.runtime.predictor.backend_predictor` (the file's own card, the same preprocessing)."""
     from ..runtime.predictor import backend_predictor
+    from ..zoo import resolve_model, unknown_model_message
 
-    path = Path(model_path).expanduser()
+    path = resolve_model(model_path)
     if not path.exists():
-        raise WbcError(f"model not found: {path}")
+        raise WbcError(unknown_model_message(model_path))
     return backend_predictor(path, device)
 
 
@@ -49,11 +50,14 @@ def _load_rgb_array(path: Path) -> np.ndarray | None:
 def evaluate_samples(
     predict: PredictProba, classes: Sequence[str], samples: Sequence[Sample], batch_size: int = 32,
     quiet: bool = False, misclassified: list[tuple[Path, str, str, float]] | None = None,
+    field: Callable[[np.ndarray], np.ndarray] | None = None, scored: list[tuple[int, np.ndarray]] | None = None,
 ) -> tuple[dict[str, Any], list[Path]]:
     """Score ``samples`` with ``predict``; returns (metrics over ``classes``, files that could not be read).
 
-    With a ``misclassified`` list, ``(path, true class, predicted class, its probability)`` of every wrongly
-    classified image is appended to it (for ``--gallery``).
+    ``field`` maps each image to what the model sees (e.g. the field of view at a known um/px); with a
+    ``misclassified`` list, ``(path, true class, predicted class, its probability)`` of every wrongly
+    classified image is appended to it (for ``--gallery``); with a ``scored`` list, ``(true index,
+    probabilities)`` of every image.
     """
     if batch_size < 1:
         raise WbcError(f"--batch-size must be at least 1, got {batch_size}")
@@ -71,7 +75,7 @@ def evaluate_samples(
                 if arr is None:
                     unreadable.append(s.path)
                     continue
-                images.append(arr)
+                images.append(field(arr) if field is not None else arr)
                 labels.append(lookup[s.label])
                 paths.append(s.path)
             if images:
@@ -80,6 +84,8 @@ def evaluate_samples(
                     raise WbcError(f"the model returned shape {probs.shape} for {len(images)} images of {len(classes)} classes")
                 preds.extend(np.argmax(probs, axis=1).tolist())
                 truth.extend(labels)
+                if scored is not None:
+                    scored.extend(zip(labels, probs))
                 if misclassified is not None:  # --gallery (explain package)
                     for p, t, row in zip(paths, labels, probs):
                         if int(np.argmax(row)) != t:
@@ -95,6 +101,7 @@ def evaluate_samples(
 def evaluate_folder(
     predict: PredictProba, card: ModelCard, data: str | Path, out: str | Path | None = None,
     batch_size: int = 32, quiet: bool = False, model_name: str | None = None, gallery: bool = False,
+    mpp: float | None = None,
 ) -> dict[str, Any]:
     """Score every image under the class-per-folder directory ``data``; write JSON and ``confusion.png``.
 
@@ -103,7 +110,11 @@ def evaluate_folder(
     ``AF1``, ``per_class``, ``classes``, ``confusion``, ``absent_classes``, ``n``, ``model``, ``data``
     and ``skipped_files``; the confusion figure is written beside it (see :func:`confusion_path`).
     With ``gallery`` (and ``out``), a montage of the misclassified images (true vs predicted) goes
-    beside it too (see :func:`misclassified_path`).
+    beside it too (see :func:`misclassified_path`). With ``mpp`` (the images' um/px) the model sees the
+    card's field of view around each image's centre, cut as ``count`` cuts crops; without it, the whole
+    image. ``calibration`` reports the card's temperature and threshold, the ECE of the probabilities with
+    and without the temperature, the ``unidentified`` rate and the OA of the other (identified) images;
+    OA/AP/AR/AF1 stay on the arg-max class of every image.
     """
     index = index_dataset(data, verify=False, allow_splits=False)
     unknown = sorted({s.label for s in index.samples} - set(card.classes))
@@ -113,9 +124,24 @@ def evaluate_folder(
             f"(its classes: {', '.join(card.classes)}): remove them or evaluate a model trained on them"
         )
     wrong: list[tuple[Path, str, str, float]] | None = [] if gallery and out is not None else None
-    metrics, unreadable = evaluate_samples(predict, card.classes, index.samples, batch_size, quiet, misclassified=wrong)
+    field = None
+    if mpp is not None:
+        if not (0.01 <= float(mpp) <= 10.0):
+            raise WbcError(f"--mpp must be micrometres per pixel between 0.01 and 10, got {mpp}")
+        from ..slide.crop import image_field
+
+        fov, size = float(card.fov_um or 24.0), int(card.input_size)
+
+        def field(rgb: np.ndarray) -> np.ndarray:
+            return image_field(rgb, float(mpp), fov, size)
+
+    scored: list[tuple[int, np.ndarray]] = []
+    metrics, unreadable = evaluate_samples(predict, card.classes, index.samples, batch_size, quiet, misclassified=wrong,
+                                           field=field, scored=scored)
     result: dict[str, Any] = {
         **metrics,
+        "calibration": calibration_of(card, scored),
+        "mpp": mpp,
         "model": model_name,
         "data": str(Path(data).resolve()),
         "skipped_files": index.skipped + len(unreadable),
@@ -135,6 +161,23 @@ def evaluate_folder(
     return result
 
 
+def calibration_of(card: ModelCard, scored: Sequence[tuple[int, np.ndarray]]) -> dict[str, Any]:
+    """Calibration figures of scored images (true index, calibrated probabilities) under ``card``."""
+    from ..calibration import expected_calibration_error, unidentified_summary
+    from ..runtime.base import apply_temperature
+
+    labels = np.asarray([t for t, _ in scored], dtype=np.int64)
+    probs = np.stack([p for _, p in scored]).astype(np.float32) if scored else np.zeros((0, len(card.classes)), np.float32)
+    temperature = float(getattr(card, "temperature", 1.0) or 1.0)
+    raw = apply_temperature(probs, 1.0 / temperature)
+    return {
+        "temperature": temperature,
+        "ece": expected_calibration_error(probs, labels),
+        "ece_uncalibrated": expected_calibration_error(raw, labels),
+        **unidentified_summary(probs, labels, card.confidence_threshold),
+    }
+
+
 def confusion_path(json_path: str | Path) -> Path:
     """Where the confusion figure of a metrics JSON goes: ``confusion.png`` beside it, or
     ``<stem>.confusion.png`` inside a training run (whose own ``confusion.png`` must not be overwritten)."""
@@ -151,7 +194,10 @@ def misclassified_path(json_path: str | Path) -> Path:
 
 
 def evaluate_model(model: str | Path, data: str | Path, out: str | Path | None = None, batch_size: int = 32,
-                   quiet: bool = False, device: str = "cpu", gallery: bool = False) -> dict[str, Any]:
-    """Load MODEL (run directory or .safetensors) and run :func:`evaluate_folder` on ``data``."""
+                   quiet: bool = False, device: str = "cpu", gallery: bool = False, mpp: float | None = None) -> dict[str, Any]:
+    """Load MODEL (run directory, checkpoint, ONNX, engine or bundled name) and run :func:`evaluate_folder` on ``data``."""
+    from ..zoo import resolve_model
+
     predict, card = load_predictor(model, device)
-    return evaluate_folder(predict, card, data, out, batch_size, quiet, model_name=str(Path(model).resolve()), gallery=gallery)
+    return evaluate_folder(predict, card, data, out, batch_size, quiet, model_name=str(resolve_model(model).resolve()),
+                           gallery=gallery, mpp=mpp)

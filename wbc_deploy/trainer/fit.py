@@ -34,7 +34,7 @@ from ..data.dataset import BalancedSampler, CellDataset
 from ..data.folders import Sample, count_by, index_dataset, verify_samples
 from ..data.mixup import mixup_batch, soft_cross_entropy
 from ..data.splits import check_split, make_split, read_manifest, write_manifest
-from ..data.transforms import eval_transform, train_transform
+from ..data.transforms import eval_transform, finish_batch, train_transform
 from ..errors import WbcError
 from ..metrics import compute_metrics
 from .checkpoint import CHECKPOINT_NAME, LAST_NAME, load_state, load_training_state, save_checkpoint, save_training_state
@@ -133,6 +133,14 @@ class Trainer:
     def __init__(self, config: TrainConfig, resume: bool = False, quiet: bool = False,
                  explicit: Iterable[str] = (), on_epoch: Callable[[dict[str, float]], None] | None = None):
         config.validate()
+        if config.init:
+            from ..trainer.checkpoint import load_state
+
+            _, init_card = load_state(config.init)  # the run takes MODEL's architecture and preprocessing
+            config.arch, config.attention, config.img_size = init_card.arch, init_card.attention, int(init_card.input_size)
+            config.fov_um = float(init_card.fov_um or config.fov_um)
+            config.stain = (init_card.stain or {}).get("normalise", "none")
+            config.pretrained = "none"
         self.config = config
         self.resume = resume
         self.quiet = quiet
@@ -209,18 +217,37 @@ class Trainer:
         from ..model import build_from_card, card_for, count_parameters, create_model, parse_pretrained
 
         cfg = self.config
-        card = card_for(cfg.arch, classes, cfg.img_size, cfg.attention)
-        if state is None:
-            torch.manual_seed(_epoch_seed(cfg.seed, 0, 0))  # the initial weights depend on the seed only
-            model = create_model(
-                cfg.arch, len(classes), attention=cfg.attention, pretrained=parse_pretrained(cfg.pretrained),
-                backbone_weights={k: Path(v) for k, v in cfg.backbone_weights.items()} or None,
-            )
+        if cfg.init:
+            from .finetune import initial_model
+
+            model, card = initial_model(cfg.init, classes, seed=_epoch_seed(cfg.seed, 0, 0))
+            if state is not None:
+                model.load_state_dict(state["model"])
         else:
-            model = build_from_card(card)
-            model.load_state_dict(state["model"])
+            card = card_for(cfg.arch, classes, cfg.img_size, cfg.attention, fov_um=cfg.fov_um)
+            if state is None:
+                torch.manual_seed(_epoch_seed(cfg.seed, 0, 0))  # the initial weights depend on the seed only
+                model = create_model(
+                    cfg.arch, len(classes), attention=cfg.attention, pretrained=parse_pretrained(cfg.pretrained),
+                    backbone_weights={k: Path(v) for k, v in cfg.backbone_weights.items()} or None,
+                )
+            else:
+                model = build_from_card(card)
+                model.load_state_dict(state["model"])
+            card.stain = {"normalise": cfg.stain}
+        card.train_mpp = cfg.mpp
         card.params = count_parameters(model)
         return model.to(self.device), card
+
+    def _augmenter(self, card: ModelCard):
+        """The batch augmentation for this run (None with --no-augment)."""
+        from ..data.augment import CONTEXT, BatchAugment
+
+        cfg = self.config
+        if not cfg.augment:
+            return None
+        return BatchAugment(size=int(card.input_size), context=CONTEXT if cfg.mpp is not None else 1.0,
+                            colour=cfg.colour_aug, scale_jitter=cfg.effective_scale_jitter)
 
     # -- epochs ----------------------------------------------------------------------------------
     def _loader(self, ds: CellDataset, batch_size: int, sampler=None, generator=None, drop_last=False) -> DataLoader:
@@ -230,7 +257,7 @@ class Trainer:
         )
 
     def _train_epoch(self, model: nn.Module, ds: CellDataset, sampler: BalancedSampler, optimizer: torch.optim.Optimizer,
-                     epoch: int, progress: Progress, num_classes: int) -> tuple[float, float]:
+                     epoch: int, progress: Progress, num_classes: int, augment=None, card: ModelCard | None = None) -> tuple[float, float]:
         cfg = self.config
         torch.manual_seed(_epoch_seed(cfg.seed, epoch, 1))
         mix_rng = np.random.default_rng(_epoch_seed(cfg.seed, epoch, 2))
@@ -244,6 +271,8 @@ class Trainer:
         seen = 0
         for step, (images, targets) in enumerate(loader):
             set_lr(optimizer, lr_at(cfg, (epoch - 1) * steps + step, cfg.epochs * steps))
+            if augment is not None:
+                images = finish_batch(augment(images), card)
             images = images.to(self.device, non_blocking=True)
             targets = targets.to(self.device)
             mixed, soft, lam, perm = mixup_batch(images, targets, num_classes, cfg.mixup_alpha, mix_rng)
@@ -270,22 +299,23 @@ class Trainer:
 
     @torch.inference_mode()
     def _evaluate(self, model: nn.Module, ds: CellDataset, progress: Progress, what: str) -> tuple[float, float, np.ndarray]:
-        """Mean cross-entropy, accuracy and predicted class indices over ``ds`` (eval transform)."""
+        """Mean cross-entropy, accuracy and logits (N x C) over ``ds`` (eval transform)."""
         model.eval()
         loader = self._loader(ds, max(2 * self.config.batch_size, 32))
         task = progress.add_task(what, total=len(loader))
         loss_sum = 0.0
-        preds: list[np.ndarray] = []
+        outputs: list[np.ndarray] = []
         for images, targets in loader:
             logits, _ = _logits(model(images.to(self.device)))
             targets = targets.to(self.device)
             loss_sum += float(nn.functional.cross_entropy(logits.float(), targets, reduction="sum"))
-            preds.append(logits.argmax(1).cpu().numpy())
+            outputs.append(logits.float().cpu().numpy())
             progress.update(task, advance=1)
         progress.remove_task(task)
-        pred = np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+        logits_all = np.concatenate(outputs) if outputs else np.zeros((0, len(ds.classes)), dtype=np.float32)
         truth = np.asarray(ds.targets)
-        return loss_sum / max(len(ds), 1), float((pred == truth).mean()) if len(ds) else 0.0, pred
+        acc = float((logits_all.argmax(1) == truth).mean()) if len(ds) else 0.0
+        return loss_sum / max(len(ds), 1), acc, logits_all
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -308,8 +338,10 @@ class Trainer:
             write_manifest(self.out / SPLIT_NAME, samples, self._manifest_root)
 
         subsets = {name: [s for s in samples if s.split == name] for name in ("train", "val", "test")}
-        train_ds = CellDataset(subsets["train"], classes, train_transform(card, augment=cfg.augment))
-        val_ds = CellDataset(subsets["val"], classes, eval_transform(card))
+        augment = self._augmenter(card)
+        train_ds = CellDataset(subsets["train"], classes,
+                               train_transform(card, cfg.mpp) if augment is not None else eval_transform(card, cfg.mpp))
+        val_ds = CellDataset(subsets["val"], classes, eval_transform(card, cfg.mpp))
         sampler = BalancedSampler(train_ds.targets, cfg.seed, balance=cfg.balance)
         optimizer = torch.optim.RAdam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -338,7 +370,8 @@ class Trainer:
             epochs_task = progress.add_task("epochs", total=cfg.epochs, completed=start_epoch)
             for epoch in range(start_epoch + 1, cfg.epochs + 1):
                 t0 = time.perf_counter()
-                train_loss, train_acc = self._train_epoch(model, train_ds, sampler, optimizer, epoch, progress, len(classes))
+                train_loss, train_acc = self._train_epoch(model, train_ds, sampler, optimizer, epoch, progress, len(classes),
+                                                          augment, card)
                 val_loss, val_acc, _ = self._evaluate(model, val_ds, progress, f"epoch {epoch} validating")
                 seconds = time.perf_counter() - t0
                 train_seconds += seconds
@@ -380,11 +413,20 @@ class Trainer:
         best_state, _ = load_state(self.out)
         model.load_state_dict(best_state)
         metrics: dict[str, dict[str, Any]] = {}
+        scored: dict[str, tuple[np.ndarray, list[int]]] = {}
         for name in ("val", "test"):
             if subsets[name]:
-                ds = CellDataset(subsets[name], classes, eval_transform(card))
-                _, _, preds = self._evaluate(model, ds, progress, f"scoring the {name} split")
-                metrics[name] = compute_metrics(ds.targets, preds, classes)
+                ds = CellDataset(subsets[name], classes, eval_transform(card, self.config.mpp))
+                _, _, logits = self._evaluate(model, ds, progress, f"scoring the {name} split")
+                metrics[name] = compute_metrics(ds.targets, logits.argmax(1), classes)
+                scored[name] = (logits, list(ds.targets))
+        if self.config.calibrate and "val" in scored:
+            from ..calibration import calibration_report, fit_temperature
+
+            card.temperature = round(fit_temperature(*scored["val"]), 4)
+            card.confidence_threshold = self.config.unidentified_below
+            for name, (logits, targets) in scored.items():
+                metrics[name]["calibration"] = calibration_report(logits, targets, card.temperature, card.confidence_threshold)
         return metrics
 
 
