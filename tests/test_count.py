@@ -369,6 +369,33 @@ def test_differential_within_2_points_of_the_truth_with_the_trained_model(traine
         assert abs(100 * t.counted.get(c, 0) / nc - 100 * t.truth_counts[c] / nt) <= 2.0, (c, t.counted, t.truth_counts)
 
 
+def test_plain_images_do_not_count_cells_cut_by_their_edge(data, tmp_path):
+    """A photograph of one field is a crop of the smear: its cells cut by the edge are partial, not counted.
+
+    Slides keep cells at their own edge (it is the smear's edge): the plan marks only plain images."""
+    from wbc_deploy.data.synth_cells import render_field
+    from wbc_deploy.pipeline.plan import plan_scan, thumbnail_size
+    from wbc_deploy.pipeline.scale import thumbnail
+    from wbc_deploy.segment.files import segment_file
+
+    wbcs = [("lymphocyte", 6.0, 170.0), ("neutrophil", 180.0, 168.0), ("lymphocyte", 354.0, 170.0)]  # pixels
+    rgb, _cells, _nuclei, _truth = render_field(360, 340, MPP, wbcs, np.random.default_rng(7))
+    png = tmp_path / "cut.png"
+    Image.fromarray(rgb).save(png)
+    segment_file(png, tmp_path / "seg", mpp=MPP)
+    edges = [int(r["edge"]) for r in sorted(read_rows(tmp_path / "seg" / "cut.cells.csv"), key=lambda r: float(r["x"]))]
+    assert edges == [1, 0, 1]
+    run = count_slides([png], data["model"], tmp_path / "out", opts(mpp=MPP))
+    found = xy(read_rows(tmp_path / "out" / "cut.cells.csv"))
+    assert run.slides[0].n_wbc == 1 and abs(found[0][0] - 180.5) < MATCH_PX
+
+    card = ModelCard(arch="any", classes=list(CLASSES), input_size=32)
+    for path, dropped in ((png, True), (data["slide"], False)):
+        with open_slide(path, mpp=MPP) as reader:
+            thumb = thumbnail(reader, thumbnail_size(reader.dimensions, MPP))
+            assert plan_scan(reader, MPP, card, opts(), thumb).drop_edge_cells is dropped
+
+
 def test_low_confidence_cells_are_unidentified_and_left_out_of_the_differential(data, counted):
     """A threshold between the cells' confidences: the cells below it are `unidentified`, keep their
     probabilities in cells.csv, are counted in n_unidentified and leave the percentages' denominator."""

@@ -10,7 +10,7 @@ import pytest
 from wbc_deploy.errors import WbcError
 from wbc_deploy.pipeline.gallery import GalleryCollector
 from wbc_deploy.pipeline.inputs import discover_inputs, slide_name
-from wbc_deploy.pipeline.plan import Resolution, choose_crop_level, choose_resolution, plan_tiles, tissue_mask
+from wbc_deploy.pipeline.plan import Resolution, choose_crop_level, choose_resolution, plan_tiles, tile_size, tissue_mask
 from wbc_deploy.pipeline.store import AtomicWriter, ProgressStore, StoredCell
 from wbc_deploy.pipeline.truth import match_points
 
@@ -170,3 +170,20 @@ def test_dilate_square_equals_a_square_maximum_filter(radius, density):
     got = dilate_square(mask, radius)
     assert got.dtype == bool and got.shape == mask.shape
     assert np.array_equal(got, expected)
+
+
+def test_tiles_are_sized_by_the_pixels_the_refinement_reads():
+    """A fine scan is cut into several tiles (work follows pixels read), a 0.25 um/px scan keeps 1024 um tiles."""
+    levels = [1.0, 4.0, 16.0]
+    det, ref = choose_resolution(0.074, levels, 1.0), choose_resolution(0.074, levels, 0.25)
+    px = tile_size(det, ref, 1024.0, max_read_px=4096)
+    assert ref.level == 0 and px == round(4096 * ref.level_downsample / det.ds)  # 4096 level-0 px: 303 um
+    assert px * det.mpp == pytest.approx(4096 * 0.074, rel=0.01)
+    det, ref = choose_resolution(0.25, levels, 1.0), choose_resolution(0.25, levels, 0.25)
+    assert tile_size(det, ref, 1024.0, max_read_px=4096) == 1024
+    assert tile_size(det, ref, 1024.0, max_read_px=2048) == 512
+    # near-equal tiles, none larger than asked, none a sliver: 693 x 600 px in 341 px tiles -> 3 x 2
+    tiles, total = plan_tiles((693, 600), 341, 36)
+    widths = {t.core[2] - t.core[0] for t in tiles}
+    heights = {t.core[3] - t.core[1] for t in tiles}
+    assert total == 6 and max(widths) <= 341 and max(widths) - min(widths) <= 1 and heights == {300}

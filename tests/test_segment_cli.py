@@ -156,3 +156,17 @@ def test_synthetic_svs_slide_uses_its_recorded_scale(tmp_path, capsys):
     assert len(rows) == len(truth)
     for x, y, _label in truth:
         assert min(np.hypot(float(r["x"]) - x, float(r["y"]) - y) for r in rows) * MPP <= 5.0
+
+
+def test_edge_column_marks_cells_cut_by_the_image_border(tmp_path):
+    """Cells cut by the left and right borders get edge=1, the whole one in the middle edge=0."""
+    wbcs = [("lymphocyte", 6.0, 170.0), ("neutrophil", 180.0, 168.0), ("lymphocyte", 354.0, 170.0)]  # pixels
+    rgb, _cells, _nuclei, _truth = render_field(360, 340, MPP, wbcs, np.random.default_rng(7))
+    path = tmp_path / "cut.png"
+    Image.fromarray(rgb).save(path)
+    segment_file(path, tmp_path / "out", mpp=MPP)
+    _, rows = _read_csv(tmp_path / "out" / "cut.cells.csv")
+    by_x = sorted(rows, key=lambda r: float(r["x"]))
+    assert len(by_x) == 3
+    assert [int(r["edge"]) for r in by_x] == [1, 0, 1]
+    assert int(by_x[0]["bbox_x0"]) == 0 and int(by_x[2]["bbox_x1"]) == rgb.shape[1]

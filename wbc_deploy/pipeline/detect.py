@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage as ndi
 from skimage.measure import approximate_polygon, find_contours
 
@@ -60,13 +61,16 @@ class SlideJob:
 
 
 def block_mean(rgb: np.ndarray, factor: int) -> np.ndarray:
-    """Average ``factor`` x ``factor`` pixel blocks of an RGB uint8 image (its size a multiple of factor)."""
+    """Average ``factor`` x ``factor`` pixel blocks of an RGB uint8 image (whole blocks only).
+
+    Pillow's box reduction (C, uint8 throughout): ~10x faster than summing in NumPy; its rounding
+    can differ from exact rounding by one level for factors that are not powers of two.
+    """
     if factor == 1:
         return rgb
     h, w = rgb.shape[0] // factor, rgb.shape[1] // factor
-    blocks = rgb[: h * factor, : w * factor].reshape(h, factor, w, factor, 3).astype(np.uint32).sum(axis=(1, 3))
-    n = factor * factor
-    return ((blocks + n // 2) // n).astype(np.uint8)
+    whole = np.ascontiguousarray(rgb[: h * factor, : w * factor])
+    return np.asarray(Image.fromarray(whole).reduce(factor))
 
 
 def read_at(reader, res: Resolution, box: tuple[int, int, int, int], fill=None) -> np.ndarray:
@@ -129,12 +133,15 @@ def candidate_windows(rgb: np.ndarray, plan: ScanPlan, params: SegmentParams
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[slice, slice]]]:
     """Coarse pass over a detection-resolution image.
 
-    Returns (window label map, candidate chromatin mask, candidate nuclei per window label, window slices).
+    Returns (window label map, candidate chromatin mask, candidate nuclei per window, window slices).
 
     Candidate chromatin is nucleus-stain density above ``plan.candidate_od``; pixels within one
     pixel fuse (the lobes of one nucleus), and groups with at least ``candidate_min_px`` chromatin
-    pixels are candidate nuclei. Each grows by ``margin_px``; overlapping grown candidates form one
-    window. Window k owns the pixels labelled k.
+    pixels are candidate nuclei. Window k is candidate k's bounding box grown by ``margin_px``
+    (windows of neighbouring candidates overlap, so a crowded field never makes one huge window);
+    it owns the pixels of the grown candidates nearest to candidate k (label k in the map), so a
+    cell seen by several windows is kept once. ``candidate nuclei per window`` counts the candidates
+    whose chromatin lies in window k's box: 1 is a lone candidate.
     """
     bg = plan.background if plan.background is not None else estimate_background(rgb)
     nuc = apply_table(density_tables(bg, params)[0], rgb)  # the nucleus-stain output only
@@ -149,17 +156,23 @@ def candidate_windows(rgb: np.ndarray, plan: ScanPlan, params: SegmentParams
     keep[0] = False
     if not keep.any():
         return empty, np.zeros_like(chromatin), np.zeros(1, np.int64), []
-    kept = keep[lab]
-    candidates = kept & chromatin
-    grown = dilate_square(kept, plan.margin_px)
-    windows, n_windows = ndi.label(grown)
-    # candidate nuclei per window: a window holding several goes straight to refinement. A fused
-    # group is connected and lies inside its grown window, so any of its pixels names the window.
-    at = np.flatnonzero(kept)
-    window_of = np.zeros(n + 1, np.int64)
-    window_of[lab.ravel()[at]] = windows.ravel()[at]
-    groups = np.bincount(window_of[np.flatnonzero(keep)], minlength=n_windows + 1)
-    return windows, candidates, groups, [sl for sl in ndi.find_objects(windows) if sl is not None]
+    number = np.zeros(n + 1, np.int32)
+    number[keep] = np.arange(1, int(keep.sum()) + 1)
+    groups_map = number[lab]  # candidate k's pixels are k, the rest 0
+    candidates = (groups_map > 0) & chromatin
+    grown = dilate_square(groups_map > 0, plan.margin_px)
+    # each grown pixel belongs to the nearest candidate (Euclidean)
+    _, (iy, ix) = ndi.distance_transform_edt(groups_map == 0, return_indices=True)
+    windows = np.where(grown, groups_map[iy, ix], 0).astype(np.int32)
+    h, w = chromatin.shape
+    m = plan.margin_px
+    slices, counts = [], [0]
+    for sl in ndi.find_objects(groups_map):
+        box = (slice(max(0, sl[0].start - m), min(h, sl[0].stop + m)), slice(max(0, sl[1].start - m), min(w, sl[1].stop + m)))
+        slices.append(box)
+        inside = groups_map[box]
+        counts.append(int(np.unique(inside[inside > 0]).size))
+    return windows, candidates, np.asarray(counts, np.int64), slices
 
 
 def coarse_is_enough(seg, candidates: np.ndarray, mpp: float) -> bool:
@@ -179,6 +192,15 @@ def coarse_is_enough(seg, candidates: np.ndarray, mpp: float) -> bool:
         return False
     unexplained = int(np.count_nonzero(candidates & (seg.labels == 0)))
     return unexplained * mpp * mpp <= COARSE_UNEXPLAINED_UM2
+
+
+def touches_edge(reader, res: Resolution, bbox: tuple[int, int, int, int], ox: int, oy: int) -> bool:
+    """Whether a cell's bounding box (x0, y0, x1, y1 at ``res``, offset by (ox, oy) into the slide frame)
+    reaches the slide's first or last row or column of pixels at that resolution."""
+    lw, lh = reader.level_dimensions[res.level]
+    width, height = -(-lw // res.factor), -(-lh // res.factor)  # partial blocks hold edge pixels too
+    x0, y0, x1, y1 = bbox
+    return x0 + ox <= 0 or y0 + oy <= 0 or x1 + ox >= width or y1 + oy >= height
 
 
 def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResult:
@@ -233,6 +255,8 @@ def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResu
     found: list[tuple[float, float, Detection]] = []
     for k, seg, res, ox, oy in settled:
         for cell in seg.cells:
+            if plan.drop_edge_cells and touches_edge(reader, res, cell.bbox, ox, oy):
+                continue
             x0, y0 = res.to_level0(cell.x + ox, cell.y + oy)
             dx, dy = det.from_level0(x0, y0)
             if not tile.owns(dx, dy):

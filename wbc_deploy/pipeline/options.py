@@ -34,6 +34,11 @@ COARSE_AREA_UM2: tuple[float, float] = (25.0, 300.0)
 COARSE_UNEXPLAINED_UM2: float = 2.0
 #: Core (owned area) of a detection tile, micrometres: 1024 um = 1024 px at 1 um/px.
 TILE_UM: float = 1024.0
+#: ... and at most this many pixels on a side at the resolution the refinement reads (its pyramid
+#: level, before block-averaging): work grows with the pixels read, not with micrometres, so a fine
+#: scan (0.074 um/px: 1024 um is 13,800 px) is cut into several tiles that the workers share, while a
+#: 0.25 um/px scan keeps its 1024 um tiles (4096 px).
+TILE_MAX_READ_PX: int = 4096
 #: Overlap added on every side of a tile core. Wider than the largest WBC (a ~22 um monocyte), so a
 #: cell whose centroid lies in a core is whole inside its padded tile.
 OVERLAP_UM: float = 32.0

@@ -17,7 +17,8 @@ from scipy import ndimage as ndi
 from ..card import DEFAULT_FOV_UM
 from ..segment.stain import estimate_background
 from ..slide.crop import field_side
-from .options import CANDIDATE_MIN_UM2, CANDIDATE_OD, MASK_MAX_PX, MASK_MPP, WINDOW_MARGIN_UM, CountOptions
+from .options import (CANDIDATE_MIN_UM2, CANDIDATE_OD, MASK_MAX_PX, MASK_MPP, TILE_MAX_READ_PX, WINDOW_MARGIN_UM,
+                      CountOptions)
 
 #: Glass vs smear on the thumbnail: total optical density (sum over channels, log10) above this.
 TISSUE_OD: float = 0.06
@@ -95,6 +96,9 @@ class ScanPlan:
     background: tuple[float, float, float] | None
     refine_all: bool = False
     outlines: bool = True  # keep cell outlines (for GeoJSON)
+    #: A plain image (a photograph of one field) is a crop of the smear: cells cut by its edge are
+    #: partial and are not counted. A slide's own edge is the smear's, so slides keep them.
+    drop_edge_cells: bool = False
     tiles: list[Tile] = field(default_factory=list)
     tiles_total: int = 0
 
@@ -114,6 +118,7 @@ class ScanPlan:
             "refine_mpp": self.refine.mpp, "det_size": list(self.det_size), "tile_px": self.tile_px,
             "overlap_px": self.overlap_px, "margin_px": self.margin_px, "candidate_od": self.candidate_od,
             "candidate_min_px": self.candidate_min_px, "refine_all": self.refine_all, "outlines": self.outlines,
+            "drop_edge_cells": self.drop_edge_cells,
             "tiles_total": self.tiles_total, "tiles_scanned": len(self.tiles),
             "crop_level": self.crop.level, "crop_side": self.crop.side, "crop_level_mpp": self.crop.level_mpp,
             "background": None if self.background is None else [round(v, 3) for v in self.background],
@@ -172,21 +177,35 @@ def thumbnail_size(dimensions: tuple[int, int], mpp: float) -> int:
     return int(min(MASK_MAX_PX, max(64, math.ceil(longest_um / MASK_MPP))))
 
 
+def tile_size(det: Resolution, ref: Resolution, tile_um: float, max_read_px: int = TILE_MAX_READ_PX) -> int:
+    """Tile core side in detection px: ``tile_um``, capped at ``max_read_px`` pixels of the level the
+    refinement reads (so the work per tile, which follows the pixels read, stays bounded at any um/px)."""
+    by_um = tile_um / det.mpp
+    by_work = max_read_px * ref.level_downsample / det.ds
+    return max(64, int(round(min(by_um, by_work))))
+
+
+def _splits(length: int, tile_px: int) -> list[int]:
+    """Edges of ``ceil(length / tile_px)`` near-equal tiles over ``length`` px (0, ..., length)."""
+    n = max(1, math.ceil(length / tile_px))
+    return [(k * length) // n for k in range(n + 1)]
+
+
 def plan_tiles(det_size: tuple[int, int], tile_px: int, overlap_px: int,
                mask: np.ndarray | None = None, mask_scale: tuple[float, float] = (1.0, 1.0)) -> tuple[list[Tile], int]:
     """Tiles in raster order over a detection image; those whose pad box holds no tissue are skipped.
 
-    ``mask_scale`` is (mask px per detection px in x, in y). Returns (kept tiles, total tile count);
-    kept tiles keep their index in the full grid.
+    The image is cut into ``ceil(side / tile_px)`` tiles per side of near-equal size (no tile
+    larger than ``tile_px``, none a sliver). ``mask_scale`` is (mask px per detection px in x, in y).
+    Returns (kept tiles, total tile count); kept tiles keep their index in the full grid.
     """
     width, height = det_size
-    nx = max(1, math.ceil(width / tile_px))
-    ny = max(1, math.ceil(height / tile_px))
+    xs, ys = _splits(width, tile_px), _splits(height, tile_px)
+    nx, ny = len(xs) - 1, len(ys) - 1
     tiles: list[Tile] = []
     for ty in range(ny):
         for tx in range(nx):
-            x0, y0 = tx * tile_px, ty * tile_px
-            x1, y1 = min(width, x0 + tile_px), min(height, y0 + tile_px)
+            x0, y0, x1, y1 = xs[tx], ys[ty], xs[tx + 1], ys[ty + 1]
             pad = (max(0, x0 - overlap_px), max(0, y0 - overlap_px), min(width, x1 + overlap_px), min(height, y1 + overlap_px))
             if mask is not None and mask.size:
                 sx, sy = mask_scale
@@ -213,8 +232,8 @@ def plan_scan(reader, mpp: float, card, options: CountOptions, thumb: np.ndarray
     ref = choose_resolution(mpp, downsamples, options.refine_mpp)
     lw, lh = reader.level_dimensions[det.level]
     det_size = (max(1, lw // det.factor), max(1, lh // det.factor))
-    tile_px = max(64, int(round(options.tile_um / det.mpp)))
     overlap_px = int(math.ceil(options.overlap_um / det.mpp))
+    tile_px = max(tile_size(det, ref, options.tile_um), 4 * overlap_px)
     fov = float(card.fov_um) if card.fov_um else DEFAULT_FOV_UM
     crop = choose_crop_level(mpp, downsamples, fov, int(card.input_size))
     mask, background = tissue_mask(thumb)
@@ -225,6 +244,7 @@ def plan_scan(reader, mpp: float, card, options: CountOptions, thumb: np.ndarray
     plan = ScanPlan(mpp=mpp, detect=det, refine=ref, det_size=det_size, tile_px=tile_px, overlap_px=overlap_px,
                     margin_px=int(math.ceil(WINDOW_MARGIN_UM / det.mpp)), candidate_od=CANDIDATE_OD,
                     candidate_min_px=CANDIDATE_MIN_UM2 / det.mpp ** 2, crop=crop, background=background,
-                    refine_all=options.refine_all, outlines=options.geojson)
+                    refine_all=options.refine_all, outlines=options.geojson,
+                    drop_edge_cells=getattr(reader, "vendor", "") == "image")
     plan.tiles, plan.tiles_total = plan_tiles(det_size, tile_px, overlap_px, mask, scale)
     return plan

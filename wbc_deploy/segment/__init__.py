@@ -9,10 +9,11 @@ recovers the scale of an uncalibrated image from its red cells.
 """
 from __future__ import annotations
 
-from .core import Cell, Segmentation, segment_fields, segment_wbcs
+from .core import segment_fields, segment_wbcs
 from .params import ROMANOWSKY_EOSIN_OD, ROMANOWSKY_NUCLEUS_OD, SegmentParams
 from .scale import RBC_DIAMETER_UM, estimate_mpp
 from .stain import estimate_background, nucleus_density, stain_matrix
+from .types import Cell, Segmentation
 
 __all__ = [
     "Cell",

@@ -21,20 +21,29 @@ Steps, at a working resolution no finer than ``params.work_mpp`` um/px:
 """
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage as ndi
-from skimage.filters import threshold_otsu
-from skimage.morphology import convex_hull_image, disk, local_maxima, reconstruction
+from skimage.morphology import local_maxima, reconstruction
 from skimage.segmentation import watershed
 
+from .colour import ColourModel, fit_colour_model, od_channels, od_table
+from .finalise import finalise_fields
+from .masks import CROSS as _CROSS
+from .masks import bbox as _bbox
+from .masks import block_mean_rgb as _block_mean_rgb
+from .masks import disk as _disk
+from .masks import fill_holes as _fill_holes
+from .masks import label as _label
+from .masks import lut as _lut
+from .masks import otsu as _otsu
+from .masks import shape_stats as _shape_stats
 from .params import SegmentParams
-from .stain import apply_table, as_rgb_uint8, density_tables, estimate_background
+from .stain import apply_table, as_rgb_uint8, density_tables, estimate_background, stain_matrix
+from .types import Segmentation
 
 try:  # scikit-image's own inner loop of ``reconstruction``, fed a faster sort (see _domes)
     from skimage.morphology._grayreconstruct import reconstruction_loop as _reconstruction_loop
@@ -44,48 +53,6 @@ except ImportError:  # pragma: no cover - a scikit-image without it: the public 
 
 #: Radius (um) of the opening that keeps nucleus bodies and removes strands and granule chains.
 THICK_CHROMATIN_UM = 0.8
-
-#: Structuring elements built once (SciPy would rebuild its default on every call).
-_CROSS = ndi.generate_binary_structure(2, 1)
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One segmented WBC. ``x``, ``y``: centroid in pixels of the input image, pixel-centre
-    convention (pixel column i, row j is centred at (i, j)); ``bbox`` is half-open pixel indices.
-
-    ``solidity`` and ``eccentricity`` describe the whole-cell outline and ``n_lobes`` counts the
-    nucleus pieces, all measured at the working resolution. ``touches_border``: the cell is cut by
-    the image edge (its area is then partial).
-    """
-
-    cell_id: int
-    x: float
-    y: float
-    bbox: tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive)
-    area_um2: float
-    nucleus_area_um2: float
-    n_lobes: int = 1
-    solidity: float = 1.0
-    eccentricity: float = 0.0
-    nucleus_od: float = 0.0
-    touches_border: bool = False
-
-
-@dataclass
-class Segmentation:
-    """Result of :func:`segment_wbcs`: instance labels at the input resolution and one Cell per id."""
-
-    labels: np.ndarray  # int32, 0 = background, k = whole cell k
-    nuclei: np.ndarray  # int32, same ids, nucleus pixels only
-    cells: list[Cell] = field(default_factory=list)
-    mpp: float = 0.0
-    threshold: float = 0.0  # nucleus-stain threshold used (OD)
-    background: tuple[float, float, float] = (255.0, 255.0, 255.0)
-
-    def __len__(self) -> int:
-        return len(self.cells)
-
 
 @dataclass
 class _Found:
@@ -137,8 +104,7 @@ def segment_fields(fields: Sequence[np.ndarray], mpp: float, params: SegmentPara
                 batch, area = [], 0
         if batch:
             _segment_windows(batch, work_mpp, params, guard=1)
-    return [_finalise(f.labels, f.nuclei, f.found, f.rgb, f.tables, f.factor, f.result) if f.found else f.result
-            for f in work]
+    return finalise_fields(work, params)
 
 
 #: Largest batch of windows segmented at once (working-resolution pixels), so memory stays bounded.
@@ -159,6 +125,8 @@ class _FieldWork:
     candidates: np.ndarray | None = None
     stained_od: float = 0.0
     windows: list[tuple[slice, slice]] = field(default_factory=list)
+    window_od: dict[tuple[int, int, int, int], np.ndarray] = field(default_factory=dict)  # smoothed OD per window
+    colour: ColourModel | None = None
     labels: np.ndarray | None = None  # working resolution
     nuclei: np.ndarray | None = None
     found: dict[int, _Found] = field(default_factory=dict)
@@ -213,7 +181,40 @@ def _prepare_field(rgb: np.ndarray, mpp: float, params: SegmentParams) -> _Field
         fw.stained_od = _stained_threshold(apply_table(tables[2], work_rgb[::4, ::4]), params)
         fw.labels = np.zeros(nuc_od.shape, np.int32)
         fw.nuclei = np.zeros(nuc_od.shape, np.int32)
+        fw.colour = _fit_colour(fw, bg, params)
     return fw
+
+
+def _window_key(sl: tuple[slice, slice]) -> tuple[int, int, int, int]:
+    return (sl[0].start, sl[0].stop, sl[1].start, sl[1].stop)
+
+
+def _smooth_od(rgb: np.ndarray, table: np.ndarray, work_mpp: float) -> np.ndarray:
+    """Per-channel optical density smoothed over 0.3 um (no smoothing when that is under half a pixel)."""
+    od = od_channels(rgb, table)
+    sigma = 0.3 / work_mpp
+    if sigma >= 0.5:
+        for c in range(3):
+            od[..., c] = ndi.gaussian_filter(od[..., c], sigma)
+    return od
+
+
+def _fit_colour(f: _FieldWork, bg: np.ndarray, params: SegmentParams) -> ColourModel:
+    """The field's colour model (:mod:`.colour`), fitted to its windows' smoothed OD (kept for the windows' steps)."""
+    table = od_table(bg)
+    stride = max(1, int(round(0.5 / f.work_mpp)))  # samples ~0.5 um apart
+    ods, dists, chrom = [], [], []
+    for sl in f.windows:
+        od = _smooth_od(f.work_rgb[sl], table, f.work_mpp)
+        f.window_od[_window_key(sl)] = od
+        cand = f.candidates[sl]
+        dist = ndi.distance_transform_edt(~cand) * f.work_mpp
+        ods.append(od[::stride, ::stride].reshape(-1, 3))
+        dists.append(dist[::stride, ::stride].ravel())
+        chrom.append(cand[::stride, ::stride].ravel())
+    inverse = np.linalg.inv(stain_matrix(params.nucleus_od, params.eosin_od))  # concentration = OD @ inverse
+    return fit_colour_model(np.concatenate(ods), np.concatenate(dists), np.concatenate(chrom),
+                            blue_axis=inverse[:, :2].T)
 
 
 def _core(f: _FieldWork, sl: tuple[slice, slice], margin: int) -> tuple[slice, slice] | None:
@@ -237,15 +238,10 @@ def _core(f: _FieldWork, sl: tuple[slice, slice], margin: int) -> tuple[slice, s
 # --------------------------------------------------------------------------- steps
 
 
-def _block_mean_rgb(rgb: np.ndarray, factor: int) -> np.ndarray:
-    """Average ``factor`` x ``factor`` blocks (Pillow's box reduction; partial edge blocks too)."""
-    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).reduce(factor), dtype=np.uint8)
-
-
 def _nucleus_threshold(nuc_od: np.ndarray, params: SegmentParams) -> float:
     """Otsu's threshold of the nucleus stain, clipped to the physical chromatin range."""
     try:
-        t = float(threshold_otsu(nuc_od[::2, ::2]))
+        t = float(_otsu(nuc_od[::2, ::2]))
     except ValueError:  # constant image
         t = params.nucleus_od_max
     return float(min(max(t, params.nucleus_od_min), params.nucleus_od_max))
@@ -254,48 +250,10 @@ def _nucleus_threshold(nuc_od: np.ndarray, params: SegmentParams) -> float:
 def _stained_threshold(tot_od: np.ndarray, params: SegmentParams) -> float:
     """Otsu's threshold of the total OD (cells vs glass), clipped to a physical range."""
     try:
-        t = float(threshold_otsu(tot_od[::2, ::2]))
+        t = float(_otsu(tot_od[::2, ::2]))
     except ValueError:
         t = params.stained_od_min
     return float(min(max(t, params.stained_od_min), params.stained_od_max))
-
-
-def _disk(radius_px: float) -> np.ndarray | None:
-    return _disk_of(int(round(radius_px)))
-
-
-@functools.lru_cache(maxsize=64)
-def _disk_of(r: int) -> np.ndarray | None:
-    if r < 1:
-        return None
-    d = disk(r).astype(bool)
-    d.flags.writeable = False
-    return d
-
-
-def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """4-connected components of a 2-D mask (int32 labels, count)."""
-    return ndi.label(mask, structure=_CROSS)
-
-
-def _lut(labels: np.ndarray, n: int, present: np.ndarray) -> np.ndarray:
-    """Boolean table over label ids 0..n: True for the ids in ``present`` except 0."""
-    table = np.zeros(n + 1, bool)
-    table[present] = True
-    table[0] = False
-    return table
-
-
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill holes: background components that do not touch the border (faster than iterative filling)."""
-    lab, n = _label(~mask)
-    if n == 0:
-        return mask
-    border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
-    hole = np.ones(n + 1, bool)
-    hole[border] = False
-    hole[0] = False
-    return mask | hole[lab]
 
 
 def _hysteresis(values: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -440,17 +398,6 @@ def _domes(dist: np.ndarray, h: float, moat: np.ndarray | None = None) -> np.nda
     return values[ranks[: padded[0] * padded[1]]].reshape(padded)[1:-1, 1:-1]
 
 
-def _bbox(mask: np.ndarray, pad: int = 0) -> tuple[slice, slice] | None:
-    """Bounding box of a 2-D mask grown by ``pad`` pixels (clipped to the array), or None if empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    h, w = mask.shape
-    return (slice(max(0, int(rows[0]) - pad), min(h, int(rows[-1]) + 1 + pad)),
-            slice(max(0, int(cols[0]) - pad), min(w, int(cols[-1]) + 1 + pad)))
-
-
 def _pair_counts(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct (a, b) label pairs (2 x k, sorted) and how often each occurs."""
     a = a.astype(np.int64)
@@ -477,28 +424,37 @@ def _merge_by_chromatin(regions: np.ndarray, chrom: np.ndarray, work_mpp: float,
     sel = (comp > 0) & (regions > 0)
     if n == 0 or not sel.any():
         return regions
-    pairs, counts = _pair_counts(comp[sel], regions[sel])
+    pairs, counts = _pair_counts(comp[sel], regions[sel])  # sorted by piece, then region
     own = np.bincount(regions[chrom & (regions > 0)], minlength=int(regions.max()) + 1)
     remap = np.arange(int(regions.max()) + 1)
-    # pairs are sorted by piece: each piece's regions are one run (one pass, not one scan per piece)
-    starts = np.flatnonzero(np.r_[True, pairs[0, 1:] != pairs[0, :-1]])
-    for a, b in zip(starts, np.r_[starts[1:], pairs.shape[1]]):
+    members: dict[int, list[int]] = {}  # representative -> the labels mapped to it (when more than itself)
+    starts = np.flatnonzero(np.r_[True, pairs[0, 1:] != pairs[0, :-1], True])
+    for a, b in zip(starts[:-1], starts[1:]):
         if b - a < 2:
             continue
         labs, cnt = pairs[1, a:b], counts[a:b]
-        owner = labs[np.argmax(cnt)]
+        owner = int(labs[np.argmax(cnt)])
         total = cnt.sum()
-        for lab, k in zip(labs, cnt):
-            if lab != owner and k < 0.35 * total and k >= 0.5 * own[lab]:
-                remap[remap == lab] = remap[owner]  # rare (a cut-off piece); keeps earlier merges chained
+        for lab, k in zip(labs.tolist(), cnt):
+            if lab != owner and k < 0.35 * total and k >= 0.5 * own[lab] and remap[lab] == lab:
+                # everything mapped to ``lab`` (a representative) now maps to the owner's representative
+                target = int(remap[owner])
+                if target == lab:
+                    continue
+                moved = members.pop(lab, [lab])
+                remap[moved] = target
+                members.setdefault(target, [target]).extend(moved)
     return remap[regions]
 
 
-def _split_by_nuclei(regions: np.ndarray, chrom: np.ndarray, fused: np.ndarray, min_px: float) -> np.ndarray:
+def _split_by_nuclei(regions: np.ndarray, chrom: np.ndarray, fused: np.ndarray, min_px: float,
+                     params: SegmentParams | None = None) -> np.ndarray:
     """Split a region that holds two or more separate nuclei (farther apart than the lobe gap).
 
     The shape split misses touching cells whose outlines show no neck (a small pale cell against a
-    big one); their nuclei still mark them: the region is re-flooded from each nucleus.
+    big one); their nuclei still mark them: the region is re-flooded from each nucleus. A region as
+    round and solid as one cell (``params.single_min_solidity``, ``single_max_eccentricity``) is one
+    cell whose nucleus lobes lie far apart (a neutrophil), and stays whole.
     """
     groups, n = _label(fused)
     if n < 2:
@@ -517,6 +473,10 @@ def _split_by_nuclei(regions: np.ndarray, chrom: np.ndarray, fused: np.ndarray, 
     for lab in labs[counts >= 2]:
         box = boxes[lab - 1]  # everything below happens inside the region
         inside = regions[box] == lab
+        if params is not None:
+            solidity, eccentricity = _shape_stats(inside)
+            if solidity >= params.single_min_solidity and eccentricity <= params.single_max_eccentricity:
+                continue
         markers = np.where(inside & big[groups[box]], groups[box], 0)
         dist = ndi.distance_transform_edt(markers == 0)
         split = watershed(dist, markers, mask=inside)
@@ -546,11 +506,12 @@ def _granule_ring(chrom: np.ndarray, regions: np.ndarray, label: int, box: tuple
                   bounds: tuple[slice, slice], stained: np.ndarray, solid: np.ndarray,
                   work_mpp: float, params: SegmentParams) -> bool:
     """Whether the nucleus of region ``label`` (bounding box ``box``, inside the window ``bounds``)
-    is ringed by stained pixels that are not WBC-coloured.
+    is ringed by stained pixels that are not WBC-coloured, right up to the nucleus.
 
     An eosinophil's granules fill its cytoplasm with eosin-red, so the ring 0.5-2 um outside its
-    nucleus is mostly stained and red; a small lymphocyte's thin blue rim is followed by glass, and
-    red cells touching a cell cover only part of the ring.
+    nucleus is mostly stained and red and the ring within 1 um of it holds little WBC-coloured
+    cytoplasm; a small lymphocyte's thin blue rim is followed by glass, or by red cells pressed
+    around it (its rim is still there), and red cells touching a cell cover only part of the ring.
     """
     pad = int(math.ceil(2.0 / work_mpp)) + 1
     ring_box = (slice(max(bounds[0].start, box[0].start - pad), min(bounds[0].stop, box[0].stop + pad)),
@@ -560,7 +521,10 @@ def _granule_ring(chrom: np.ndarray, regions: np.ndarray, label: int, box: tuple
     if not ring.any():
         return False
     red = stained[ring_box] & ~solid[ring_box]
-    return float(red[ring].mean()) >= params.granule_ring_min
+    if float(red[ring].mean()) < params.granule_ring_min:
+        return False
+    rim = (dist > 0) & (dist <= 1.0)
+    return float(solid[ring_box][rim].mean()) < params.granule_rim_max
 
 
 def _pack(sizes: list[tuple[int, int]], guard: int) -> tuple[list[tuple[int, int]], tuple[int, int]]:
@@ -593,28 +557,23 @@ def _segment_windows(items: list[_Window], work_mpp: float, params: SegmentParam
     """
     corners, canvas = _pack([(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start) for _, sl, _ in items], guard)
     candidates = np.zeros(canvas, bool)
-    nuc = np.zeros(canvas, np.float32)
-    eos = np.zeros(canvas, np.float32)
+    cyto = np.zeros(canvas, bool)
     tot = np.zeros(canvas, np.float32)
     stained_od = np.full(canvas, np.inf, np.float32)
     rects = []
-    sigma = 0.3 / work_mpp
-    blur_px = int(4.0 * sigma + 0.5) if sigma >= 0.5 else 0  # scipy's kernel radius (truncate=4)
     for (f, sl, window), (y, x) in zip(items, corners):
         rect = (slice(y, y + sl[0].stop - sl[0].start), slice(x, x + sl[1].stop - sl[1].start))
         rects.append(rect)
-        # blurred as in the whole window (its edges reflect): from the core grown by the kernel's radius
-        src = (slice(max(window[0].start, sl[0].start - blur_px), min(window[0].stop, sl[0].stop + blur_px)),
-               slice(max(window[1].start, sl[1].start - blur_px), min(window[1].stop, sl[1].stop + blur_px)))
-        rgb = f.work_rgb[src]
-        n, e, t = f.nuc_od[src], apply_table(f.tables[1], rgb), apply_table(f.tables[2], rgb)
-        if blur_px:
-            n, e, t = (ndi.gaussian_filter(a, sigma) for a in (n, e, t))
-        inner = (slice(sl[0].start - src[0].start, sl[0].stop - src[0].start),
-                 slice(sl[1].start - src[1].start, sl[1].stop - src[1].start))
-        n, e, t = n[inner], e[inner], t[inner]
+        # the window's smoothed OD (smoothed over the whole window: its edges reflect), cut to the core
+        inner = (slice(sl[0].start - window[0].start, sl[0].stop - window[0].start),
+                 slice(sl[1].start - window[1].start, sl[1].stop - window[1].start))
+        od = f.window_od[_window_key(window)][inner]
         candidates[rect] = f.candidates[sl]
-        nuc[rect], eos[rect], tot[rect] = n, e, t
+        # WBC cytoplasm: stained (beyond the glass noise) and closer to the field's cytoplasm colour
+        # than to its glass and other stained matter (red cells, debris)
+        score, stained = f.colour.classify(od)
+        cyto[rect] = (score > 0) & stained
+        tot[rect] = od.sum(axis=-1)
         stained_od[rect] = f.stained_od
     if len(items) == 1:
         owner_of = np.zeros(canvas, np.int32)
@@ -626,10 +585,6 @@ def _segment_windows(items: list[_Window], work_mpp: float, params: SegmentParam
     chrom = _chromatin_mask(candidates, work_mpp, params)
     if not chrom.any():
         return
-    # WBC cytoplasm is stained and bluish-lilac: a large share of its stain is the nucleus stain,
-    # whereas red cells (and glass noise) are almost pure eosin.
-    share = nuc / np.maximum(np.abs(nuc) + np.abs(eos), 1e-3)
-    cyto = (tot > params.cell_od_min) & (share > params.cytoplasm_min_share)
     dist_nuc = ndi.distance_transform_edt(~chrom) * work_mpp  # um to the nearest chromatin
     reach = dist_nuc <= params.cytoplasm_max_um
     fused = dist_nuc <= 0.5 * params.lobe_gap_um  # dilation by half the lobe gap (exact, Euclidean)
@@ -649,7 +604,7 @@ def _segment_windows(items: list[_Window], work_mpp: float, params: SegmentParam
         groups = ndi.binary_opening(chrom, structure=_CROSS)
     else:
         groups = fused
-    regions = _split_by_nuclei(regions, chrom & groups, groups, params.nucleus_area_min_um2 / (work_mpp * work_mpp))
+    regions = _split_by_nuclei(regions, chrom & groups, groups, params.nucleus_area_min_um2 / (work_mpp * work_mpp), params)
 
     px_area = work_mpp * work_mpp
     solid = chrom | cyto
@@ -666,9 +621,7 @@ def _segment_windows(items: list[_Window], work_mpp: float, params: SegmentParam
         rect = rects[i]
         inner = (slice(core[0].start - window[0].start, core[0].stop - window[0].start),
                  slice(core[1].start - window[1].start, core[1].stop - window[1].start))
-        t = apply_table(f.tables[2], f.work_rgb[window])
-        if blur_px:
-            t = ndi.gaussian_filter(t, sigma)
+        t = f.window_od[_window_key(window)].sum(axis=-1)
         mask = t > f.stained_od
         mask[inner] |= chrom[rect]
         stained = _fill_holes(mask)[inner] & reach[rect]
@@ -703,18 +656,11 @@ def _segment_windows(items: list[_Window], work_mpp: float, params: SegmentParam
         inside = regions[r0:r1, c0:c1] == label
         nuc_mask = chrom[r0:r1, c0:c1] & inside
         cell = inside & solid[r0:r1, c0:c1]
+        mine = None
         if grown:
             mine = basins_of[i][r0 - rect[0].start:r1 - rect[0].start, c0 - rect[1].start:c1 - rect[1].start] == label
-            cell |= mine & (inside | (regions[r0:r1, c0:c1] == 0))
-        cell_mask = _fill_holes(cell)
-        if smooth is not None:  # cut thin cytoplasm-coloured spurs along red-cell rims
-            pad = smooth.shape[0]
-            framed = np.zeros((cell_mask.shape[0] + 2 * pad, cell_mask.shape[1] + 2 * pad), bool)
-            framed[pad:-pad, pad:-pad] = cell_mask
-            cell_mask = ndi.binary_opening(framed, structure=smooth)[pad:-pad, pad:-pad] | nuc_mask
-        lab, n = _label(cell_mask)
-        if n > 1:  # keep the parts that hold chromatin, drop stray cytoplasm-coloured bits
-            cell_mask = _lut(lab, n, lab[nuc_mask])[lab]
+            mine &= inside | (regions[r0:r1, c0:c1] == 0)
+        cell_mask = _cell_mask(cell | mine if grown else cell, nuc_mask, smooth)
         cell_area = float(cell_mask.sum()) * px_area
         if not (params.cell_area_min_um2 <= cell_area <= params.cell_area_max_um2):
             continue
@@ -738,78 +684,16 @@ def _segment_windows(items: list[_Window], work_mpp: float, params: SegmentParam
         f.found[cell_id] = _Found(n_lobes=int(_label(nuc_mask)[1]), solidity=solidity, eccentricity=eccentricity)
 
 
-def _shape_stats(mask: np.ndarray) -> tuple[float, float]:
-    """Solidity (area over convex-hull area) and eccentricity of a non-empty 2-D mask.
-
-    The same definitions as ``skimage.measure.regionprops`` (hull of the pixel corners; the
-    ellipse with the same second central moments), without its per-region machinery.
-    """
-    img = mask[_bbox(mask)]
-    rows, cols = np.nonzero(img)
-    area = rows.size
-    solidity = area / int(np.count_nonzero(convex_hull_image(img)))
-    r = rows - rows.mean()
-    c = cols - cols.mean()
-    rr, cc, rc = float(r @ r) / area, float(c @ c) / area, float(r @ c) / area
-    l2, l1 = np.clip(np.linalg.eigvalsh(np.array([[cc, -rc], [-rc, rr]])), 0.0, None)
-    eccentricity = math.sqrt(1.0 - l2 / l1) if l1 != 0 else 0.0
-    return float(solidity), float(eccentricity)
-
-
-def _finalise(work_labels, work_nuclei, found: dict[int, _Found], rgb, tables, factor,
-              result: Segmentation) -> Segmentation:
-    """Bring labels to the input resolution, renumber by centroid, measure each cell (crops only)."""
-    height, width = rgb.shape[:2]
-    mpp = result.mpp
-    threshold = result.threshold
-    crops = []  # (old id, full-resolution slice, cell mask, nucleus mask, centroid, nucleus OD, bbox, areas)
-    for old, wsl in enumerate(ndi.find_objects(work_labels, max_label=len(found)), start=1):
-        if wsl is None:
-            continue
-        fsl = (slice(wsl[0].start * factor, min(height, wsl[0].stop * factor)),
-               slice(wsl[1].start * factor, min(width, wsl[1].stop * factor)))
-        cell = work_labels[wsl] == old
-        coarse = work_nuclei[wsl] == old
-        if factor > 1:  # nearest-neighbour upsampling by one index per axis
-            up_r = np.arange(fsl[0].stop - fsl[0].start) // factor
-            up_c = np.arange(fsl[1].stop - fsl[1].start) // factor
-            cell = cell[up_r[:, None], up_c]
-            coarse = coarse[up_r[:, None], up_c]
-        # Nucleus density on the nucleus pixels only (not the whole box). Crisp nucleus outline at
-        # full resolution, inside the (blocky) working-resolution nucleus.
-        coarse_od = apply_table(tables[0], rgb[fsl][coarse])
-        nuc, nuc_od = coarse, coarse_od
-        if factor > 1:
-            keep = coarse_od > threshold
-            if keep.any():
-                nuc = np.zeros_like(coarse)
-                nuc[coarse] = keep
-                nuc_od = coarse_od[keep]
-        rows, cols = np.nonzero(cell)  # once per cell: centroid, bounding box and area all come from it
-        cy = fsl[0].start + rows.mean()  # pixel-centre convention: pixel (i, j) is centred at (i, j)
-        cx = fsl[1].start + cols.mean()
-        bbox = (fsl[1].start + int(cols.min()), fsl[0].start + int(rows.min()),
-                fsl[1].start + int(cols.max()) + 1, fsl[0].start + int(rows.max()) + 1)
-        crops.append((old, fsl, cell, nuc, cy, cx, float(nuc_od.mean()) if nuc_od.size else 0.0,
-                      bbox, rows.size, int(nuc_od.size)))
-    crops.sort(key=lambda c: (round(c[4], 6), round(c[5], 6), c[0]))
-
-    labels = np.zeros((height, width), np.int32)
-    nuclei = np.zeros((height, width), np.int32)
-    px_area = mpp * mpp
-    cells: list[Cell] = []
-    for new, (old, fsl, cell, nuc, cy, cx, nuc_od, bbox, cell_px, nuc_px) in enumerate(crops, start=1):
-        labels[fsl][cell] = new
-        nuclei[fsl][nuc] = new
-        x0, y0, x1, y1 = bbox
-        stats = found[old]
-        cells.append(Cell(
-            cell_id=new, x=float(cx), y=float(cy), bbox=bbox,
-            area_um2=float(cell_px) * px_area, nucleus_area_um2=float(nuc_px) * px_area,
-            n_lobes=stats.n_lobes, solidity=stats.solidity, eccentricity=stats.eccentricity, nucleus_od=nuc_od,
-            touches_border=bool(x0 == 0 or y0 == 0 or x1 >= width or y1 >= height),
-        ))
-    result.labels = labels
-    result.nuclei = nuclei
-    result.cells = cells
-    return result
+def _cell_mask(cell: np.ndarray, nuc_mask: np.ndarray, smooth: np.ndarray | None) -> np.ndarray:
+    """A cell's working-resolution mask: holes filled, thin cytoplasm-coloured spurs along red-cell
+    rims cut by an opening (``smooth``), only the parts holding its chromatin."""
+    cell_mask = _fill_holes(cell)
+    if smooth is not None:
+        pad = smooth.shape[0]
+        framed = np.zeros((cell_mask.shape[0] + 2 * pad, cell_mask.shape[1] + 2 * pad), bool)
+        framed[pad:-pad, pad:-pad] = cell_mask
+        cell_mask = ndi.binary_opening(framed, structure=smooth)[pad:-pad, pad:-pad] | nuc_mask
+    lab, n = _label(cell_mask)
+    if n > 1:
+        cell_mask = _lut(lab, n, lab[nuc_mask])[lab]
+    return cell_mask

@@ -2,8 +2,10 @@
 
 Per input ``<stem>`` (the file name without its extension), in the output folder:
 
-- ``<stem>.cells.csv``: ``cell_id,x,y,bbox_x0,bbox_y0,bbox_x1,bbox_y1,area_um2``, one row per WBC,
-  level-0 pixels (pixel-centre convention for x, y; the bbox is half-open: x1, y1 exclusive);
+- ``<stem>.cells.csv``: ``cell_id,x,y,bbox_x0,bbox_y0,bbox_x1,bbox_y1,area_um2,edge``, one row per WBC,
+  level-0 pixels (pixel-centre convention for x, y; the bbox is half-open: x1, y1 exclusive); ``edge``
+  is 1 where the cell touches the image border (cut by it: its area is partial; ``count`` does not
+  count such cells on plain images), else 0;
 - ``<stem>.labels.png``: 16-bit instance labels (0 background, k = the whole of cell k);
 - ``<stem>.nuclei.png``: the same ids, nucleus pixels only.
 
@@ -27,7 +29,7 @@ from .core import Segmentation, segment_wbcs
 from .params import SegmentParams
 from .scale import estimate_mpp
 
-CSV_COLUMNS: tuple[str, ...] = ("cell_id", "x", "y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "area_um2")
+CSV_COLUMNS: tuple[str, ...] = ("cell_id", "x", "y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "area_um2", "edge")
 #: Instance ids must fit a 16-bit PNG.
 MAX_CELLS = 65535
 #: Bytes of memory per level-0 pixel that segmenting a whole image needs (RGB, labels, PNG buffers).
@@ -94,7 +96,7 @@ def write_cells_csv(path: str | Path, seg: Segmentation) -> None:
         w.writerow(CSV_COLUMNS)
         for c in seg.cells:
             x0, y0, x1, y1 = c.bbox
-            w.writerow([c.cell_id, f"{c.x:.2f}", f"{c.y:.2f}", x0, y0, x1, y1, f"{c.area_um2:.2f}"])
+            w.writerow([c.cell_id, f"{c.x:.2f}", f"{c.y:.2f}", x0, y0, x1, y1, f"{c.area_um2:.2f}", int(c.touches_border)])
 
 
 def write_segmentation(seg: Segmentation, out_dir: str | Path, stem: str) -> list[Path]:

@@ -44,6 +44,9 @@ class SegmentParams:
     #: around the nucleus is taken as the cell instead.
     cytoplasm_min_ratio: float = 1.6
     granule_ring_min: float = 0.6
+    #: ... and no more than this share of the ring within 1 um of the nucleus is WBC-coloured (a
+    #: thin-rimmed lymphocyte among red cells has its rim there; granules reach the nucleus).
+    granule_rim_max: float = 0.25
     #: Share of nucleus stain, N / (|N| + |E|), above which a stained pixel is WBC cytoplasm
     #: (bluish-lilac, ~0.5-0.9) rather than a red cell (nearly pure eosin, ~0-0.15).
     cytoplasm_min_share: float = 0.25
@@ -68,6 +71,31 @@ class SegmentParams:
     #: Shape limits of the whole cell (cut cells at the image border are exempt).
     min_solidity: float = 0.75
     max_eccentricity: float = 0.95
+    #: A region holding several nucleus pieces farther apart than the lobe gap is one cell (a
+    #: neutrophil's lobes) when it is this solid and round; otherwise it is split between them.
+    single_min_solidity: float = 0.9
+    single_max_eccentricity: float = 0.75
+    #: Final outlines (:mod:`wbc_deploy.segment.finalise`) are traced at the input resolution, or
+    #: no finer than this (um/px), on rays reaching at most this far from the cell's centre ...
+    outline_mpp: float = 0.15
+    outline_max_radius_um: float = 15.0
+    #: ... and no farther than this beyond the working-resolution cell's farthest pixel.
+    outline_slack_um: float = 3.0
+    #: Optical densities along the rays are smoothed over this (um, Gaussian sigma).
+    outline_smooth_um: float = 0.1
+    #: Contour scores: the colour log-likelihood ratio is clipped to +-this; glass inside costs this.
+    outline_score_clip: float = 4.0
+    outline_glass_cost: float = 20.0
+    #: Weight of the edge term (optical density falling outwards across the contour).
+    outline_edge_weight: float = 40.0
+    #: Times the contour is traced again with the cell's own colours (inside vs outside its last contour).
+    outline_iterations: int = 1
+    #: Smoothness of the contour: the radius may change by at most this slope (radius change over
+    #: arc length on a 6 um radius) between neighbouring rays, and each um of change costs this.
+    outline_max_slope: float = 1.2
+    outline_step_cost: float = 2.0
+    #: The nucleus edge lies this far from the cytoplasm's mean nucleus stain to the chromatin's (0.5: half way).
+    nucleus_edge_fraction: float = 0.4
 
     def px(self, um: float, mpp: float) -> float:
         """A length in micrometres as pixels at ``mpp``."""

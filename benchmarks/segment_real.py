@@ -1,0 +1,201 @@
+"""WBC segmentation on real images: outline Dice against hand-drawn masks, detection on BCCD fields, speed.
+
+Usage:
+    python benchmarks/segment_real.py --segwbc ../shared/data/segwbc-dev --bccd ../shared/data/bccd-dev
+        [--mpp-d1 0.15 --mpp-d2 0.086 --mpp-bccd 0.074] [--out benchmarks/results/segment_real.json]
+
+* **Outlines** (segwbc-dev: ``d1`` Tecom crops ~0.15 um/px, ``d2`` CellaVision crops ~0.086 um/px;
+  masks 0 background, 128 cytoplasm, 255 nucleus): each crop is segmented with ``segment_wbcs`` at the
+  given um/px (what ``wbc-deploy segment --mpp`` and ``count`` run). The predicted cell is the one
+  that overlaps the drawn cell most (none: Dice 0); cell Dice compares it with mask > 0, nucleus Dice
+  its nucleus with mask == 255. Reported per set as mean, median and 10th percentile, separately for
+  odd- and even-numbered images: the segmentation's parameters were chosen looking at odd-numbered
+  images, so the even-numbered ones are the held-out estimate.
+* **Detection** (bccd-dev: 640 x 480 smear photographs with Pascal-VOC WBC boxes, ~0.074 um/px): a
+  detection matches a box when its centroid lies inside it (one-to-one, maximum matching, as
+  segment_bccd.py). Recall and precision of all detections, and without the cells that touch the
+  image border (``edge`` = 1 in ``segment``'s CSV; what ``count`` drops on plain images) against all
+  boxes, and the same detections against the boxes that do not reach the border (a box within
+  ``EDGE_BOX_PX`` of it is a cell the photograph cuts: the neighbouring field counts it).
+* **Speed**: seconds per image, per megapixel and per WBC found (single thread, this process).
+
+Writes a JSON and a Markdown table (same name, .md) with the machine and its load average. Only for
+development: nothing from the data sets is copied anywhere, and tests never read them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from segment_bccd import match, wbc_boxes  # noqa: E402
+from slide_throughput import machine  # noqa: E402
+
+from wbc_deploy.segment import segment_wbcs  # noqa: E402
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 2.0 * int((a & b).sum()) / s if s else 1.0
+
+
+def outline_scores(folder: Path, mpp: float) -> list[dict]:
+    """Per image: cell and nucleus Dice of the best-overlapping predicted cell, area ratio, seconds."""
+    rows = []
+    for path in sorted((folder / "images").glob("*.bmp")):
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        mask = np.asarray(Image.open(folder / "masks" / (path.stem + ".png")))
+        if mask.ndim == 3:
+            mask = mask[..., 0]
+        cell, nucleus = mask > 0, mask == 255
+        t0 = time.perf_counter()
+        seg = segment_wbcs(rgb, mpp)
+        dt = time.perf_counter() - t0
+        overlap = np.bincount(seg.labels[cell], minlength=len(seg.cells) + 1)
+        overlap[0] = 0
+        row = {"image": path.stem, "seconds": dt, "mpx": rgb.shape[0] * rgb.shape[1] / 1e6, "n_cells": len(seg.cells)}
+        if overlap.max() == 0:
+            row.update(cell_dice=0.0, nucleus_dice=0.0, area_ratio=0.0)
+        else:
+            k = int(overlap.argmax())
+            pred = seg.labels == k
+            row.update(cell_dice=dice(pred, cell), nucleus_dice=dice(seg.nuclei == k, nucleus),
+                       area_ratio=float(pred.sum()) / float(cell.sum()))
+        rows.append(row)
+    return rows
+
+
+def summary(rows: list[dict]) -> dict:
+    out = {"n": len(rows)}
+    for key in ("cell_dice", "nucleus_dice"):
+        v = np.array([r[key] for r in rows])
+        out[key] = {"mean": float(v.mean()), "median": float(np.median(v)), "p10": float(np.percentile(v, 10)),
+                    "min": float(v.min())}
+    out["area_ratio_median"] = float(np.median([r["area_ratio"] for r in rows]))
+    return out
+
+
+#: A BCCD box whose side lies within this many pixels of the image border is a cell cut by the border.
+EDGE_BOX_PX = 1
+
+
+def box_is_cut(box: tuple[float, float, float, float], width: int, height: int) -> bool:
+    """Whether a box (x0, y0, x1, y1; VOC pixel coordinates) reaches the image border."""
+    x0, y0, x1, y1 = box
+    return min(x0, y0, width - 1 - x1, height - 1 - y1) <= EDGE_BOX_PX
+
+
+def bccd_scores(folder: Path, mpp: float) -> dict:
+    """Recall/precision on BCCD fields with and without cells cut by the image border; seconds per image."""
+    images = sorted((folder / "images").glob("*.jpg"))
+    n_true = n_det = n_det_inner = tp = tp_inner = n_true_inner = tp_both_inner = 0
+    secs, mpx = [], 0.0
+    for path in images:
+        boxes = wbc_boxes(folder / "annotations" / (path.stem + ".xml"))
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        t0 = time.perf_counter()
+        seg = segment_wbcs(rgb, mpp)
+        secs.append(time.perf_counter() - t0)
+        mpx += rgb.shape[0] * rgb.shape[1] / 1e6
+        pts = [(c.x, c.y) for c in seg.cells]
+        inner = [(c.x, c.y) for c in seg.cells if not c.touches_border]
+        n_true += len(boxes)
+        n_det += len(pts)
+        n_det_inner += len(inner)
+        tp += match(pts, boxes)
+        tp_inner += match(inner, boxes)
+        whole = [b for b in boxes if not box_is_cut(b, rgb.shape[1], rgb.shape[0])]
+        n_true_inner += len(whole)
+        tp_both_inner += match(inner, whole)
+    return {"images": len(images), "true_wbc": n_true,
+            "with_edge_cells": {"detections": n_det, "matched": tp, "recall": tp / n_true, "precision": tp / max(1, n_det)},
+            "without_edge_cells": {"detections": n_det_inner, "matched": tp_inner, "recall": tp_inner / n_true,
+                                   "precision": tp_inner / max(1, n_det_inner)},
+            "without_edge_cells_or_cut_boxes": {"true_wbc": n_true_inner, "detections": n_det_inner, "matched": tp_both_inner,
+                                                "recall": tp_both_inner / max(1, n_true_inner),
+                                                "precision": tp_both_inner / max(1, n_det_inner)},
+            "seconds_per_image_median": float(np.median(secs)), "seconds_total": float(np.sum(secs)),
+            "ms_per_mpx": 1000 * float(np.sum(secs)) / mpx, "ms_per_wbc": 1000 * float(np.sum(secs)) / max(1, n_det)}
+
+
+def markdown(record: dict) -> str:
+    lines = ["# Segmentation on real images (`benchmarks/segment_real.py`)", "",
+             f"Machine: {record['machine'].get('cpu_model', '?')}, {record['machine'].get('logical_cpus', '?')} logical CPUs; "
+             f"load average at the end {record['machine'].get('load_avg_1m_end', 0):.1f} (other jobs shared the machine: "
+             "times are pessimistic).", "",
+             "## Outlines against hand-drawn masks (Dice; parameters chosen on odd-numbered images, even = held out)", "",
+             "| set | um/px | images | cell mean | cell median | cell p10 | nucleus mean | nucleus median | nucleus p10 | ms/image | ms/Mpx |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, s in record["segwbc"].items():
+        for part in ("odd", "even", "all"):
+            p = s[part]
+            lines.append(f"| {name} | {s['mpp']} | {part} ({p['n']}) | {p['cell_dice']['mean']:.3f} | {p['cell_dice']['median']:.3f} | "
+                         f"{p['cell_dice']['p10']:.3f} | {p['nucleus_dice']['mean']:.3f} | {p['nucleus_dice']['median']:.3f} | "
+                         f"{p['nucleus_dice']['p10']:.3f} | {1000 * s['seconds_per_image']:.0f} | {s['ms_per_mpx']:.0f} |")
+    b = record.get("bccd")
+    if b:
+        lines += ["", f"## WBC detection on {b['images']} BCCD fields ({b['true_wbc']} boxed WBCs, {record['mpp']['bccd']} um/px)", "",
+                  "| cells cut by the image border | boxes | detections | matched | recall | precision |", "|---|---:|---:|---:|---:|---:|"]
+        for key, label in (("with_edge_cells", "counted"), ("without_edge_cells", "dropped (as `count` does on plain images)"),
+                           ("without_edge_cells_or_cut_boxes", f"dropped, and boxes within {EDGE_BOX_PX} px of the border left out")):
+            r = b[key]
+            lines.append(f"| {label} | {r.get('true_wbc', b['true_wbc'])} | {r['detections']} | {r['matched']} | "
+                         f"{r['recall']:.3f} | {r['precision']:.3f} |")
+        lines += ["", f"Speed: median {1000 * b['seconds_per_image_median']:.0f} ms per 640 x 480 field, "
+                  f"{b['ms_per_mpx']:.0f} ms per Mpx, {b['ms_per_wbc']:.0f} ms per WBC found (one thread)."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--segwbc", type=Path, required=True, help="segwbc-dev folder (d1/, d2/)")
+    ap.add_argument("--bccd", type=Path, help="bccd-dev folder (images/, annotations/)")
+    ap.add_argument("--mpp-d1", type=float, default=0.15)
+    ap.add_argument("--mpp-d2", type=float, default=0.086)
+    ap.add_argument("--mpp-bccd", type=float, default=0.074)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "segment_real.json")
+    args = ap.parse_args()
+
+    record = {"mpp": {"d1": args.mpp_d1, "d2": args.mpp_d2, "bccd": args.mpp_bccd}, "segwbc": {}}
+    for name, mpp in (("d1", args.mpp_d1), ("d2", args.mpp_d2)):
+        rows = outline_scores(args.segwbc / name, mpp)
+        odd = [r for r in rows if int(r["image"]) % 2 == 1]
+        even = [r for r in rows if int(r["image"]) % 2 == 0]
+        secs = float(np.sum([r["seconds"] for r in rows]))
+        record["segwbc"][name] = {"mpp": mpp, "odd": summary(odd), "even": summary(even), "all": summary(rows),
+                                  "seconds_per_image": secs / len(rows),
+                                  "ms_per_mpx": 1000 * secs / float(np.sum([r["mpx"] for r in rows])),
+                                  "worst_cell": sorted(((r["cell_dice"], r["image"]) for r in rows))[:5],
+                                  "worst_nucleus": sorted(((r["nucleus_dice"], r["image"]) for r in rows))[:5]}
+        for part in ("odd", "even", "all"):
+            s = record["segwbc"][name][part]
+            print(f"{name} {part:4s} ({s['n']:3d}): cell Dice mean {s['cell_dice']['mean']:.3f} median {s['cell_dice']['median']:.3f} "
+                  f"p10 {s['cell_dice']['p10']:.3f} | nucleus mean {s['nucleus_dice']['mean']:.3f} median "
+                  f"{s['nucleus_dice']['median']:.3f} p10 {s['nucleus_dice']['p10']:.3f} | area ratio {s['area_ratio_median']:.2f}")
+    if args.bccd:
+        b = record["bccd"] = bccd_scores(args.bccd, args.mpp_bccd)
+        for key in ("with_edge_cells", "without_edge_cells", "without_edge_cells_or_cut_boxes"):
+            r = b[key]
+            print(f"BCCD {key}: {r['detections']} detections, {r['matched']} of {r.get('true_wbc', b['true_wbc'])} boxes matched: "
+                  f"recall {r['recall']:.3f} precision {r['precision']:.3f}")
+        print(f"BCCD speed: median {1000 * b['seconds_per_image_median']:.0f} ms per field, {b['ms_per_mpx']:.0f} ms/Mpx, "
+              f"{b['ms_per_wbc']:.0f} ms per WBC")
+    record["machine"] = machine()
+    record["machine"]["load_avg_1m_end"] = os.getloadavg()[0]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(record))
+    print(f"wrote {args.out} and {args.out.with_suffix('.md').name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
