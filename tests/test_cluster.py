@@ -66,11 +66,13 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cluster():
     """A running LocalCluster of 2 worker processes whose scheduler starts a slide again once after its
-    worker dies (allowed-failures 1); tests reach it with --scheduler, as a remote cluster."""
+    worker dies (allowed-failures 1) and sends each worker one slide at a time (worker-saturation 1.0, as
+    README asks of a cluster: a worker killed by one slide then takes no other slide with it); tests reach it
+    with --scheduler, as a remote cluster."""
     import dask
     from distributed import Client, LocalCluster
 
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1, "distributed.scheduler.worker-saturation": 1.0}):
         lc = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR)
     client = Client(lc)
     yield {"cluster": lc, "client": client, "address": lc.scheduler_address}

@@ -109,7 +109,10 @@ def connect(copts: ClusterOptions) -> Iterator[object]:
         raise WbcError(f"--cluster and --scheduler need Dask distributed: {EXTRA_HINT}") from None
     if copts.local_workers:
         try:
-            with dask.config.set({"distributed.scheduler.allowed-failures": copts.retries}):
+            # worker-saturation 1.0: a worker holds only the slide it counts (Dask's default 1.1 sends a 1-thread
+            # worker a second task, which a worker killed by the first slide would take down with it)
+            with dask.config.set({"distributed.scheduler.allowed-failures": copts.retries,
+                                  "distributed.scheduler.worker-saturation": 1.0}):
                 cluster = LocalCluster(n_workers=copts.local_workers, threads_per_worker=1, processes=True,
                                        dashboard_address=None, silence_logs=logging.ERROR)
         except Exception as exc:  # noqa: BLE001 - e.g. cannot spawn processes or bind a port
