@@ -24,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_pbc import BCCD_MPP, D1_MPP, D2_MPP, ROOT, bccd_folder, machine, segwbc_folder  # noqa: E402
+from wbc_deploy.files import atomic_write_text  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         res["sets"][name] = {"folds": rows, "OA_bundled": float(np.mean([r["OA_bundled"] for r in rows])),
                              "OA_finetuned": float(np.mean([r["OA_finetuned"] for r in rows]))}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "finetune_cross.json").write_text(json.dumps(res, indent=2) + "\n")
+    atomic_write_text(RESULTS / "finetune_cross.json", json.dumps(res, indent=2) + "\n")
     lines = [f"# Fine-tuning `{args.model}` on half of each cross-scanner set (2-fold), {res['date']}", "",
              f"{res['machine']['cpu']} ({res['machine']['cores']} cores). `train --init {args.model} --mpp X --epochs {args.epochs} "
              f"--lr {args.lr} --batch-size 16` on one stratified half, `evaluate --mpp X` on the other; mean of both folds.", "",
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         f = s["folds"]
         lines.append(f"| {name} | {f[0]['n_finetune']} / {f[1]['n_finetune']} | {s['OA_bundled']:.4f} | {s['OA_finetuned']:.4f} | "
                      f"{np.mean([r['minutes'] for r in f]):.1f} |")
-    (RESULTS / "finetune_cross.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(RESULTS / "finetune_cross.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

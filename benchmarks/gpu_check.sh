@@ -21,10 +21,9 @@
 # fewer than two classes on the check cells ("TensorRT NOT PROVEN").
 set -uo pipefail
 
-# The model checked when --model is not given. Empty: train one here (synth cells + `train --preset tiny`).
-# One-line switch once the package bundles a model (wbc_deploy/zoo/index.json names a default; `make pbc-model`
-# builds it): BUNDLED_MODEL=default   (resolved by wbc_deploy.bench.gpu_check through the zoo)
-BUNDLED_MODEL=""
+# The model checked when --model is not given: the bundled real-cell model (its float16 weights are exported to
+# a fresh FP32 ONNX, from which the engine is built). Empty: train one here (synth cells + `train --preset tiny`).
+BUNDLED_MODEL="default"
 
 # NVIDIA's package index (the TensorRT wheels live there); WBC_NVIDIA_INDEX points at a mirror instead.
 NVIDIA_INDEX="${WBC_NVIDIA_INDEX:-https://pypi.nvidia.com}"

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wbc_deploy.files import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 CANDIDATES = [  # (arch, input px)
     ("wbcnet-tiny", 64),
@@ -83,13 +85,13 @@ def main(argv: list[str] | None = None) -> None:
             print(row, flush=True)
     res = {"batch": args.batch, "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "rows": rows}
     out = ROOT / "benchmarks" / "results"
-    (out / "real_model_candidates.json").write_text(json.dumps(res, indent=2) + "\n")
+    atomic_write_text(out / "real_model_candidates.json", json.dumps(res, indent=2) + "\n")
     lines = [f"# Candidate architectures: ONNX Runtime cells/s at batch {args.batch} ({os.cpu_count()} cores, {res['date']})", "",
              "| arch | input | params | GFLOPs | ORT FP32 | ORT INT8 | INT8 MB | load avg |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['arch']} | {r['input']} | {r['params'] / 1e6:.2f}M | {r['gflops']:.2f} | {r['ort_fp32']} | "
                      f"{r['ort_int8']} | {r['int8_mb']} | {r['load']:.1f} |")
-    (out / "real_model_candidates.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "real_model_candidates.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

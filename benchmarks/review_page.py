@@ -34,6 +34,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from wbc_deploy.classes import CLASSES, UNIDENTIFIED  # noqa: E402
 from wbc_deploy.explain.review import ReviewCell, encode_thumbnail, write_review_page  # noqa: E402
+from wbc_deploy.files import atomic_write_text  # noqa: E402
 
 #: A healthy differential, to give the page realistic section sizes.
 MIX = {"neutrophil": 0.60, "lymphocyte": 0.30, "monocyte": 0.06, "eosinophil": 0.03, "basophil": 0.01}
@@ -136,7 +137,7 @@ def main() -> None:
         browser.close()
     record["load_avg_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from wbc_deploy.files import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SHIPPED_NAME = "wbcnet-s-pbc"
@@ -144,7 +146,7 @@ def write_markdown(res: dict, path: Path) -> None:
     s = res["throughput"]
     lines += ["", f"ONNX Runtime ({res['shipped_format']}), batch {s['batch']}: {s['cells_per_s']} cells/s on {s['threads']} cores.",
               "", res["credit"], ""]
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
                             for name, (folder, mpp) in cross.items()}
     res["throughput"] = throughput(shipped)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.tag}.json").write_text(json.dumps(res, indent=2) + "\n")
+    atomic_write_text(RESULTS / f"{args.tag}.json", json.dumps(res, indent=2) + "\n")
     write_markdown(res, RESULTS / f"{args.tag}.md")
     print((RESULTS / f"{args.tag}.md").read_text())
     if args.install:
@@ -246,8 +248,23 @@ def install(run: Path, shipped: Path, res: dict) -> None:
     onnx_card.training = {**onnx_card.training, "data_name": "PBC (CellaVision DM96)", "licence": "CC BY 4.0", "credit": PBC_CREDIT}
     onnx_card.metrics = {"test": res["pbc_test"], "cross_scanner": res["cross_scanner"], "throughput": res["throughput"]}
     onnx_card.to_json(dst / "card.json")
-    (ROOT / "wbc_deploy" / "zoo" / "index.json").write_text(json.dumps({"default": SHIPPED_NAME}, indent=2) + "\n")
+    write_zoo_readme(dst, onnx_card, res)
+    atomic_write_text(ROOT / "wbc_deploy" / "zoo" / "index.json", json.dumps({"default": SHIPPED_NAME}, indent=2) + "\n")
     print(f"installed {dst} ({sum(p.stat().st_size for p in dst.iterdir()) / 1e6:.1f} MB)")
+
+
+def write_zoo_readme(dst: Path, card, res: dict) -> None:
+    """The bundled model's README: what it is, its PBC test figures and the CC BY 4.0 attribution."""
+    t = res["pbc_test"]
+    atomic_write_text(
+        dst / "README.md",
+        f"# {SHIPPED_NAME}\n\nThe bundled default model of wbc-deploy: `{card.arch}` at {card.input_size} px over a "
+        f"{card.fov_um:g} um field, trained from scratch by `benchmarks/train_pbc.py` (seed 0) on the PBC images at 0.1 um/px.\n"
+        f"PBC test split: OA {t['OA']:.4f}, AF1 {t['AF1']:.4f} ({t['n']} cells); other scanners: see card.json `metrics` and "
+        "benchmarks/results/pbc.md.\n\n"
+        f"Files: `model.onnx` (INT8, model card in its metadata), `card.json`, `model.safetensors` (float16 weights for "
+        "`train --init`).\n\nTrained on data licensed CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/):\n"
+        f"{PBC_CREDIT}.\n")
 
 
 if __name__ == "__main__":

@@ -53,12 +53,12 @@ def onnx_file_card(path: Path) -> tuple[ModelCard, str]:
             raise WbcError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
         props = {p.key: p.value for p in proto.metadata_props}
     else:  # scanner PC without the onnx package: read the metadata through ONNX Runtime
-        import onnxruntime as ort
+        from ..runtime.ort_options import default_settings, ort_session
 
         try:
-            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001
-            raise WbcError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
+            sess = ort_session(path, default_settings())
+        except WbcError:
+            raise WbcError(f"{path} is not a readable ONNX model (ONNX Runtime cannot load it)") from None
         props = dict(sess.get_modelmeta().custom_metadata_map)
     card = ModelCard.from_onnx_metadata(props, source=f"ONNX model {path}")
     precision = props.get("wbc_deploy.precision", "fp32").split("-")[0]

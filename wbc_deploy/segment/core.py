@@ -480,16 +480,17 @@ def _merge_by_chromatin(regions: np.ndarray, chrom: np.ndarray, work_mpp: float,
     pairs, counts = _pair_counts(comp[sel], regions[sel])
     own = np.bincount(regions[chrom & (regions > 0)], minlength=int(regions.max()) + 1)
     remap = np.arange(int(regions.max()) + 1)
-    for c in np.unique(pairs[0]):
-        idx = pairs[0] == c
-        if idx.sum() < 2:
+    # pairs are sorted by piece: each piece's regions are one run (one pass, not one scan per piece)
+    starts = np.flatnonzero(np.r_[True, pairs[0, 1:] != pairs[0, :-1]])
+    for a, b in zip(starts, np.r_[starts[1:], pairs.shape[1]]):
+        if b - a < 2:
             continue
-        labs, cnt = pairs[1, idx], counts[idx]
+        labs, cnt = pairs[1, a:b], counts[a:b]
         owner = labs[np.argmax(cnt)]
         total = cnt.sum()
         for lab, k in zip(labs, cnt):
             if lab != owner and k < 0.35 * total and k >= 0.5 * own[lab]:
-                remap[remap == lab] = remap[owner]
+                remap[remap == lab] = remap[owner]  # rare (a cut-off piece); keeps earlier merges chained
     return remap[regions]
 
 
@@ -761,7 +762,7 @@ def _finalise(work_labels, work_nuclei, found: dict[int, _Found], rgb, tables, f
     height, width = rgb.shape[:2]
     mpp = result.mpp
     threshold = result.threshold
-    crops = []  # (old id, full-resolution slice, cell mask, nucleus mask)
+    crops = []  # (old id, full-resolution slice, cell mask, nucleus mask, centroid, nucleus OD, bbox, areas)
     for old, wsl in enumerate(ndi.find_objects(work_labels, max_label=len(found)), start=1):
         if wsl is None:
             continue
@@ -769,35 +770,42 @@ def _finalise(work_labels, work_nuclei, found: dict[int, _Found], rgb, tables, f
                slice(wsl[1].start * factor, min(width, wsl[1].stop * factor)))
         cell = work_labels[wsl] == old
         coarse = work_nuclei[wsl] == old
+        if factor > 1:  # nearest-neighbour upsampling by one index per axis
+            up_r = np.arange(fsl[0].stop - fsl[0].start) // factor
+            up_c = np.arange(fsl[1].stop - fsl[1].start) // factor
+            cell = cell[up_r[:, None], up_c]
+            coarse = coarse[up_r[:, None], up_c]
+        # Nucleus density on the nucleus pixels only (not the whole box). Crisp nucleus outline at
+        # full resolution, inside the (blocky) working-resolution nucleus.
+        coarse_od = apply_table(tables[0], rgb[fsl][coarse])
+        nuc, nuc_od = coarse, coarse_od
         if factor > 1:
-            reps = (fsl[0].stop - fsl[0].start, fsl[1].stop - fsl[1].start)
-            cell = np.repeat(np.repeat(cell, factor, axis=0), factor, axis=1)[:reps[0], :reps[1]]
-            coarse = np.repeat(np.repeat(coarse, factor, axis=0), factor, axis=1)[:reps[0], :reps[1]]
-        nuc_full = apply_table(tables[0], rgb[fsl])
-        # Crisp nucleus outline at full resolution, inside the (blocky) working-resolution nucleus.
-        nuc = coarse & (nuc_full > threshold) if factor > 1 else coarse
-        if not nuc.any():
-            nuc = coarse
-        rows, cols = np.nonzero(cell)
+            keep = coarse_od > threshold
+            if keep.any():
+                nuc = np.zeros_like(coarse)
+                nuc[coarse] = keep
+                nuc_od = coarse_od[keep]
+        rows, cols = np.nonzero(cell)  # once per cell: centroid, bounding box and area all come from it
         cy = fsl[0].start + rows.mean()  # pixel-centre convention: pixel (i, j) is centred at (i, j)
         cx = fsl[1].start + cols.mean()
-        crops.append((old, fsl, cell, nuc, cy, cx, float(nuc_full[nuc].mean()) if nuc.any() else 0.0))
+        bbox = (fsl[1].start + int(cols.min()), fsl[0].start + int(rows.min()),
+                fsl[1].start + int(cols.max()) + 1, fsl[0].start + int(rows.max()) + 1)
+        crops.append((old, fsl, cell, nuc, cy, cx, float(nuc_od.mean()) if nuc_od.size else 0.0,
+                      bbox, rows.size, int(nuc_od.size)))
     crops.sort(key=lambda c: (round(c[4], 6), round(c[5], 6), c[0]))
 
     labels = np.zeros((height, width), np.int32)
     nuclei = np.zeros((height, width), np.int32)
     px_area = mpp * mpp
     cells: list[Cell] = []
-    for new, (old, fsl, cell, nuc, cy, cx, nuc_od) in enumerate(crops, start=1):
+    for new, (old, fsl, cell, nuc, cy, cx, nuc_od, bbox, cell_px, nuc_px) in enumerate(crops, start=1):
         labels[fsl][cell] = new
         nuclei[fsl][nuc] = new
-        rows, cols = np.nonzero(cell)
-        y0, x0 = fsl[0].start + int(rows.min()), fsl[1].start + int(cols.min())
-        y1, x1 = fsl[0].start + int(rows.max()) + 1, fsl[1].start + int(cols.max()) + 1
+        x0, y0, x1, y1 = bbox
         stats = found[old]
         cells.append(Cell(
-            cell_id=new, x=float(cx), y=float(cy), bbox=(x0, y0, x1, y1),
-            area_um2=float(cell.sum()) * px_area, nucleus_area_um2=float(nuc.sum()) * px_area,
+            cell_id=new, x=float(cx), y=float(cy), bbox=bbox,
+            area_um2=float(cell_px) * px_area, nucleus_area_um2=float(nuc_px) * px_area,
             n_lobes=stats.n_lobes, solidity=stats.solidity, eccentricity=stats.eccentricity, nucleus_od=nuc_od,
             touches_border=bool(x0 == 0 or y0 == 0 or x1 >= width or y1 >= height),
         ))

@@ -40,7 +40,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "schedule": "cosine",
     },
     # The shipped real-cell model (benchmarks/train_pbc.py): PBC images at 0.1 um/px cut to the 24 um field,
-    # stain augmentation and glass white balance for other labs' scanners, a small paper-family model at 64 px.
+    # stain augmentation for other labs' scanners (no stain normalisation: glass white balance measured worse
+    # across scanners, benchmarks/results/pbc-stain-glass.md), a small paper-family model at 64 px.
     "pbc": {
         "arch": "wbcnet-s",
         "attention": "scam",
@@ -53,7 +54,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "schedule": "cosine",
         "mpp": 0.1,
         "colour_aug": "stain",
-        "stain": "glass",
+        "stain": "none",
     },
 }
 
