@@ -14,7 +14,6 @@ import pytest
 import torch
 from PIL import Image
 from scipy import ndimage
-from scipy.stats import spearmanr
 
 from wbc_deploy.classes import CLASSES
 from wbc_deploy.cli import main
@@ -22,7 +21,7 @@ from wbc_deploy.data.synth_cells import render_cell_image, render_field
 from wbc_deploy.errors import WbcError
 from wbc_deploy.explain.gradcam import GradCAM, default_layer, resolve_target, upsample_cam
 from wbc_deploy.explain.run import collect_images, explain_images, load_explainable, unique_stems
-from wbc_deploy.model import build_from_card, create_model
+from wbc_deploy.model import create_model
 from wbc_deploy.preprocess import prepare_batch
 
 # Thresholds of the "heatmap on the cell" test: 20 fields of 96 px at 0.25 um/px (= the 24 um model
@@ -33,10 +32,6 @@ MASK_DILATION_PX = 4  # 1 um
 MIN_MASS_FRACTION = 0.5  # "most of the heatmap's mass lies on the cell"
 MIN_MASS_OVER_AREA = 2.0  # ...twice the cell's share of the field
 MIN_PEAK_ON_CELL = 0.7  # fraction of fields whose heatmap peak lies on the cell
-# Model randomisation (Adebayo et al. 2018): measured mean Spearman rho between the trained and a
-# re-initialised model's heatmaps: 0.06-0.15 for earlier models, 0.43 for the demo model of 2026-11-30
-# (the same weights give rho 1).
-MAX_MEAN_RANK_CORRELATION = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -102,18 +97,13 @@ def test_heatmap_mass_lies_on_the_cell(explain_run, fields):
     assert np.mean(peak) >= MIN_PEAK_ON_CELL
 
 
-def test_randomised_model_gives_different_heatmaps(explain_run, fields):
+def test_the_same_weights_give_the_same_heatmaps(explain_run, fields):
+    """Grad-CAM is deterministic for given weights (the randomisation check, with a margin over four
+    re-initialised models, is tests/test_gradcam_sanity.py; its single-seed version here sat at rho 0.43
+    against 0.5, one retrain from flaky)."""
     model, card = load_explainable(explain_run)
     images = [f[0] for f in fields]
     _, trained = _cams(model, card, images)
-    torch.manual_seed(1234)
-    _, randomised = _cams(build_from_card(card).eval(), card, images)
-    rhos = []
-    for a, b in zip(trained, randomised):
-        rho = spearmanr(a.ravel(), b.ravel())[0]
-        rhos.append(0.0 if np.isnan(rho) else rho)
-    assert np.mean(rhos) < MAX_MEAN_RANK_CORRELATION, rhos
-    # ...while the same weights give the same heatmaps (the check is not passing by noise).
     _, again = _cams(load_explainable(explain_run)[0], card, images)
     assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(trained, again))
 
