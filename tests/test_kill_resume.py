@@ -120,7 +120,10 @@ def test_a_train_killed_with_sigkill_resumes_to_the_uninterrupted_run(cells, who
     marker = tmp_path / "epoch1.done"
     child = python(f"""
         from pathlib import Path
+        import torch
         from wbc_deploy.trainer.fit import train
+
+        torch.set_num_threads({torch.get_num_threads()})  # the parent's: float sums differ across thread counts
 
         def mark(row):
             if row["epoch"] == 1:
