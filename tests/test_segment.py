@@ -356,3 +356,37 @@ def test_segment_fields_batch_equals_one_field_at_a_time(fields, segmented, mpp)
     for got, alone in zip(batch[1:], segmented[mpp]):
         assert np.array_equal(got.labels, alone.labels) and np.array_equal(got.nuclei, alone.nuclei)
         assert got.cells == alone.cells
+
+
+def _touching_pair(first: str, second: str, seed: int) -> tuple[np.ndarray, list[WbcSpec]]:
+    """A 40 um field at 0.25 um/px: WBCs of two kinds touching at its centre, among red cells."""
+    rng = np.random.default_rng(seed)
+    a = make_wbc(first, 20.0, 20.0, rng)
+    for _ in range(100):
+        b = make_wbc(second, 0.0, 0.0, rng)
+        t = rng.uniform(0, 2 * np.pi)
+        d = a.radius_at(t) + b.radius_at(t + np.pi) - rng.uniform(0.3, 0.8)
+        b = b.moved(20.0 + d * math.cos(t), 20.0 + d * math.sin(t))
+        if cKDTree(_nucleus_points(a)).query(_nucleus_points(b))[0].min() >= 1.5:
+            break
+    shift = 20.0 - 0.5 * (a.x_um + b.x_um), 20.0 - 0.5 * (a.y_um + b.y_um)
+    a, b = (s.moved(s.x_um + shift[0], s.y_um + shift[1]) for s in (a, b))
+    m = RBC_DIAMETER_UM[1]
+    rbcs, platelets = scatter_red_cells((-m, -m, 40.0 + m, 40.0 + m), rng, [a, b])
+    scene = Scene([a, b], rbcs, platelets, Stain.random(rng), noise_seed=int(rng.integers(2**31)))
+    return scene.render(0.0, 0.0, 160, 160, 0.25), [a, b]
+
+
+@pytest.mark.parametrize("kinds", [("neutrophil", "monocyte"), ("neutrophil", "eosinophil"),
+                                   ("lymphocyte", "neutrophil")])
+def test_touching_wbcs_of_different_colours_are_both_found(kinds):
+    """One field, two cytoplasm colours: the field's colour model fits one of them, and the other
+    cell must still get its own cytoplasm (found, not dropped as a bare nucleus)."""
+    found = 0
+    for seed in range(6):
+        rgb, specs = _touching_pair(*kinds, seed)
+        seg = segment_wbcs(rgb, 0.25)
+        det = np.array([(c.x, c.y) for c in seg.cells]).reshape(-1, 2) * 0.25
+        found += sum(bool(len(det)) and float(np.hypot(*(det - (s.x_um, s.y_um)).T).min()) <= MATCH_UM
+                     for s in specs)
+    assert found == 12, f"{found} of 12 {kinds[0]}-{kinds[1]} pair cells found"

@@ -17,7 +17,10 @@ Steps, at a working resolution no finer than ``params.work_mpp`` um/px:
    split between them;
 6. when colour finds no cytoplasm (eosinophil granules are as red as red cells), the cell is the
    round stained object around its nucleus, from the same watershed on the stained mask;
-7. candidates are kept by physical nucleus and cell area and by cell shape.
+7. a cell left too small by the field's colour (two touching WBCs of different kinds: the field's
+   cytoplasm colour is the other one's) gets its own, from the stained ring around its nucleus,
+   unless that colour is the red cells';
+8. candidates are kept by physical nucleus and cell area and by cell shape.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import local_maxima, reconstruction
 from skimage.segmentation import watershed
 
-from .colour import ColourModel, fit_colour_model, od_channels, od_table
+from .colour import ColourModel, Gaussian, fit_colour_model, od_channels, od_table, separation
 from .finalise import finalise_fields
 from .masks import CROSS as _CROSS
 from .masks import bbox as _bbox
@@ -127,6 +130,7 @@ class _FieldWork:
     windows: list[tuple[slice, slice]] = field(default_factory=list)
     window_od: dict[tuple[int, int, int, int], np.ndarray] = field(default_factory=dict)  # smoothed OD per window
     colour: ColourModel | None = None
+    far: Gaussian | None = None  # colour of the stained matter beyond every cell's reach (red cells)
     labels: np.ndarray | None = None  # working resolution
     nuclei: np.ndarray | None = None
     found: dict[int, _Found] = field(default_factory=dict)
@@ -213,8 +217,12 @@ def _fit_colour(f: _FieldWork, bg: np.ndarray, params: SegmentParams) -> ColourM
         dists.append(dist[::stride, ::stride].ravel())
         chrom.append(cand[::stride, ::stride].ravel())
     inverse = np.linalg.inv(stain_matrix(params.nucleus_od, params.eosin_od))  # concentration = OD @ inverse
-    return fit_colour_model(np.concatenate(ods), np.concatenate(dists), np.concatenate(chrom),
-                            blue_axis=inverse[:, :2].T)
+    od_all, dist_all = np.concatenate(ods), np.concatenate(dists)
+    model = fit_colour_model(od_all, dist_all, np.concatenate(chrom), blue_axis=inverse[:, :2].T)
+    # stained matter beyond any cell's reach from chromatin: red cells, platelets (see _own_colour_cell)
+    far = (dist_all > params.cytoplasm_max_um + 1.0) & model.stained(od_all)
+    f.far = Gaussian.fit(od_all[far]) if far.sum() >= 30 else None
+    return model
 
 
 def _core(f: _FieldWork, sl: tuple[slice, slice], margin: int) -> tuple[slice, slice] | None:
@@ -662,6 +670,17 @@ def _segment_windows(items: list[_Window], work_mpp: float, params: SegmentParam
             mine &= inside | (regions[r0:r1, c0:c1] == 0)
         cell_mask = _cell_mask(cell | mine if grown else cell, nuc_mask, smooth)
         cell_area = float(cell_mask.sum()) * px_area
+        if not grown and cell_area < params.cell_area_min_um2:
+            # Too small to be a WBC by the field's colour (little more than its nucleus): the field's
+            # cytoplasm colour may be another WBC's (a lilac neutrophil beside a blue monocyte, an
+            # eosinophil beside a neutrophil), so this cell's own colour is tried. Accepted cells keep
+            # the field's mask (their outlines are re-estimated per cell in :mod:`.finalise`).
+            own = _own_colour_cell(items[i], rect, regions, chrom, label, box, work_mpp, params)
+            if own is not None:
+                (r0, r1, c0, c1), cell = own
+                nuc_mask = chrom[r0:r1, c0:c1] & (regions[r0:r1, c0:c1] == label)
+                cell_mask = _cell_mask(cell, nuc_mask, smooth)
+                cell_area = float(cell_mask.sum()) * px_area
         if not (params.cell_area_min_um2 <= cell_area <= params.cell_area_max_um2):
             continue
         h, w = f.labels.shape
@@ -682,6 +701,52 @@ def _segment_windows(items: list[_Window], work_mpp: float, params: SegmentParam
         target[free] = cell_id
         f.nuclei[gr0:gr1, gc0:gc1][nuc_mask] = cell_id
         f.found[cell_id] = _Found(n_lobes=int(_label(nuc_mask)[1]), solidity=solidity, eccentricity=eccentricity)
+
+
+#: Least share of the ring 0.4-2 um around a nucleus that must be stained for its own cytoplasm colour to be fitted.
+_OWN_RING_MIN = 0.5
+
+
+def _own_colour_cell(item: _Window, rect: tuple[slice, slice], regions: np.ndarray, chrom: np.ndarray, label: int,
+                     box: tuple[slice, slice], work_mpp: float, params: SegmentParams
+                     ) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """Region ``label``'s cell by its own cytoplasm colour, when the field's model gives it none.
+
+    One field holds one cytoplasm colour; a second WBC of another kind next to the first has its
+    cytoplasm scored as "other stained matter". Its own colour is the stained pixels 0.4-2 um
+    from its nucleus (the field model's prior: there, stained pixels are cytoplasm), taken only
+    when that ring is mostly stained and its colour is not that of the field's stained matter
+    beyond every cell's reach (red cells pressed around a bare-rimmed nucleus are; a field without
+    such matter uses its model's other matter instead). Returns ((r0, r1, c0, c1) on the canvas,
+    the cell's pixels there: its chromatin and its own-coloured pixels within ``cytoplasm_max_um``,
+    outside other regions), or None.
+    """
+    f, core, window = item
+    model = f.colour
+    if model is None or model.cytoplasm is None:
+        return None
+    pad = int(math.ceil(params.cytoplasm_max_um / work_mpp)) + 1
+    r0, r1 = max(rect[0].start, box[0].start - pad), min(rect[0].stop, box[0].stop + pad)
+    c0, c1 = max(rect[1].start, box[1].start - pad), min(rect[1].stop, box[1].stop + pad)
+    oy = core[0].start - window[0].start - rect[0].start
+    ox = core[1].start - window[1].start - rect[1].start
+    od = f.window_od[_window_key(window)][r0 + oy:r1 + oy, c0 + ox:c1 + ox]
+    reg = regions[r0:r1, c0:c1]
+    mine = chrom[r0:r1, c0:c1] & (reg == label)
+    free = ((reg == 0) | (reg == label)) & ~(chrom[r0:r1, c0:c1] & ~mine)
+    dist = ndi.distance_transform_edt(~mine) * work_mpp
+    stained = model.stained(od)
+    ring = free & (dist > 0.4) & (dist <= 2.0)
+    if ring.sum() < 30 or float(stained[ring].mean()) < _OWN_RING_MIN:
+        return None
+    own = Gaussian.fit(od[ring & stained])
+    red = f.far if f.far is not None else model.other
+    if red is not None and separation(own, red) < 1.0:
+        return None
+    score, _ = ColourModel(glass=model.glass, cytoplasm=own, other=model.other,
+                           glass_weight=model.glass_weight).classify(od)
+    cell = mine | ((score > 0) & stained & free & (dist <= params.cytoplasm_max_um))
+    return (r0, r1, c0, c1), cell
 
 
 def _cell_mask(cell: np.ndarray, nuc_mask: np.ndarray, smooth: np.ndarray | None) -> np.ndarray:
