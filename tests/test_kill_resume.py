@@ -172,3 +172,14 @@ def test_a_count_killed_with_sigkill_resumes_to_the_uninterrupted_files(tmp_path
     for name in ("smear.cells.csv", "smear.geojson"):
         assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
     assert not (out / ".smear.partial").exists()
+
+
+def test_only_killed_writers_temporary_files_are_removed(tmp_path):
+    from wbc_deploy.files import remove_stale_temps
+
+    stale = tmp_path / ".last.pt.29203.140263668562816.tmp"  # what a SIGKILLed atomic write leaves
+    keep = [tmp_path / ".hidden", tmp_path / "notes.tmp", tmp_path / ".a.b.tmp", tmp_path / "last.pt"]
+    for p in [stale, *keep]:
+        p.write_text("x")
+    assert remove_stale_temps(tmp_path) == [stale]
+    assert all(p.exists() for p in keep) and not stale.exists()

@@ -56,6 +56,21 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that writers killed mid-write (SIGKILL, power loss) left in ``folder``.
+
+    Only names of :func:`_temp_name`'s form (``.<name>.<pid>.<thread>.tmp``); call it when resuming, while no
+    other process writes there. Returns what was removed.
+    """
+    gone = []
+    for p in Path(folder).glob(".*.tmp"):
+        parts = p.name.split(".")
+        if len(parts) >= 5 and parts[-2].isdigit() and parts[-3].isdigit() and p.is_file():
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and ``os.replace`` it onto ``path``.

@@ -36,7 +36,7 @@ from ..data.mixup import mixup_batch, soft_cross_entropy
 from ..data.splits import check_split, make_split, read_manifest, write_manifest
 from ..data.transforms import eval_transform, finish_batch, train_transform
 from ..errors import WbcError
-from ..files import AtomicWriter
+from ..files import AtomicWriter, remove_stale_temps
 from ..metrics import compute_metrics
 from ..model.outputs import split_logits
 from . import distributed
@@ -153,6 +153,7 @@ class Trainer:
             raise WbcError(f"--out {self.out} exists and is not a directory")
         if self.resume:
             if last.is_file():
+                remove_stale_temps(self.out)  # a run killed mid-write left its temporary file
                 return load_training_state(last)
             if (self.out / CHECKPOINT_NAME).exists():
                 raise WbcError(f"{self.out} holds a model but no {LAST_NAME} to resume from: choose a new --out")
