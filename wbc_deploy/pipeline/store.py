@@ -129,25 +129,23 @@ class ProgressStore:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- reading ---------------------------------------------------------------------------------
-    def iter_tiles(self) -> Iterator[tuple[int, int, float | None]]:
-        """Every committed tile in order: (tile index, cells, focus blur estimate in um or None)."""
+    def _records(self) -> Iterator[dict]:
+        """Every committed tile record in order (a torn last line, from a killed writer, ends the list)."""
         if not self.tiles_path.is_file():
             return
         with open(self.tiles_path, encoding="utf-8") as fh:
             for line in fh:
                 if not line.endswith("\n"):
                     break
-                rec = json.loads(line)
-                yield rec["t"], len(rec["c"]), rec.get("f")
+                yield json.loads(line)
+
+    def iter_tiles(self) -> Iterator[tuple[int, int, float | None]]:
+        """Every committed tile in order: (tile index, cells, focus blur estimate in um or None)."""
+        for rec in self._records():
+            yield rec["t"], len(rec["c"]), rec.get("f")
 
     def iter_cells(self) -> Iterator[tuple[int, StoredCell]]:
         """Every committed cell in tile order then raster order within a tile: (tile index, cell)."""
-        if not self.tiles_path.is_file():
-            return
-        with open(self.tiles_path, encoding="utf-8") as fh:
-            for line in fh:
-                if not line.endswith("\n"):
-                    break
-                rec = json.loads(line)
-                for x, y, a, p, o in rec["c"]:
-                    yield rec["t"], StoredCell(x=x, y=y, area_um2=a, probs=p, outline=o)
+        for rec in self._records():
+            for x, y, a, p, o in rec["c"]:
+                yield rec["t"], StoredCell(x=x, y=y, area_um2=a, probs=p, outline=o)
