@@ -122,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         points = [(c.x, c.y) for c in seg.cells]
         m = match(points, boxes)
         tp += m
-        cut = [(c.x, c.y) for c in seg.cells if c.touches_border]
+        cut = [(c.x, c.y) for c in seg.cells if c.edge]
         n_cut += len(cut)
-        tp_cut += m - match([(c.x, c.y) for c in seg.cells if not c.touches_border], boxes)
+        tp_cut += m - match([(c.x, c.y) for c in seg.cells if not c.edge], boxes)
         n_true += len(boxes)
         n_det += len(points)
         if m < len(boxes) or m < len(points):

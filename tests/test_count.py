@@ -106,7 +106,7 @@ def test_detection_recall_and_precision_on_a_synthetic_slide(data, counted):
 
 def test_cells_on_tile_seams_are_counted_once(data, counted):
     """Small tiles (seams every 512 px, where the slide puts WBCs) find exactly the cells of one big tile."""
-    one_tile = count_slides([data["slide"]], data["model"], data["root"] / "run-one-tile", opts(tile_um=2048.0))
+    one_tile = count_slides([data["slide"]], data["model"], data["root"] / "run-one-tile", opts(tile_um=2048.0, min_tiles=1))
     assert one_tile.slides[0].tiles_total == 1 and counted["run"].slides[0].tiles_total == 16
     small = sorted(tuple(r.values())[1:] for r in read_rows(counted["cells"]))
     big = sorted(tuple(r.values())[1:] for r in read_rows(data["root"] / "run-one-tile" / "smear.cells.csv"))
@@ -394,6 +394,24 @@ def test_plain_images_do_not_count_cells_cut_by_their_edge(data, tmp_path):
         with open_slide(path, mpp=MPP) as reader:
             thumb = thumbnail(reader, thumbnail_size(reader.dimensions, MPP))
             assert plan_scan(reader, MPP, card, opts(), thumb).drop_edge_cells is dropped
+
+
+def test_a_cell_whose_nucleus_stays_clear_of_the_edge_is_not_an_edge_cell(data, tmp_path):
+    """Only a monocyte's cytoplasm rim reaches the photograph's edge (an outline may also leak there through
+    tinted glass): its nucleus lies 2.75 um inside, whole, and no neighbouring photograph can see it, so
+    `segment` does not mark it `edge` and `count` counts it. Its nucleus at the edge would make it one."""
+    from wbc_deploy.data.synth_cells import render_field
+    from wbc_deploy.segment import segment_wbcs
+
+    for x_um, edge in ((7.0, False), (3.0, True)):
+        rgb, cells, nuclei, _ = render_field(200, 200, MPP, [("monocyte", x_um / MPP, 100.0)], np.random.default_rng(7))
+        assert cells[:, 0].any() and bool(nuclei[:, 0].any()) is edge  # the drawn cell is cut; its nucleus only at 3 um
+        (cell,) = segment_wbcs(rgb, MPP).cells
+        assert cell.touches_border and cell.edge is edge, cell
+        png = tmp_path / f"rim{x_um:g}.png"
+        Image.fromarray(rgb).save(png)
+        run = count_slides([png], data["model"], tmp_path / f"out{x_um:g}", opts(mpp=MPP))
+        assert run.slides[0].n_wbc == (0 if edge else 1)
 
 
 def test_low_confidence_cells_are_unidentified_and_left_out_of_the_differential(data, counted):

@@ -57,6 +57,22 @@ def sigkill(proc: subprocess.Popen) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs of live multiprocessing processes whose command line holds ``text`` (a count's forkserver and its
+    scan workers carry the counting process's sys.path, which holds its temporary folder, on theirs)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+            except OSError:
+                continue
+            if "multiprocessing" in cmd and text in cmd and state != "Z":
+                pids.append(int(proc.name))
+    return pids
+
+
 def history(run: Path) -> list[dict[str, str]]:
     with open(run / "history.csv", newline="") as fh:
         return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(fh)]
@@ -163,12 +179,17 @@ def test_a_count_killed_with_sigkill_resumes_to_the_uninterrupted_files(tmp_path
         count_slides([{str(slide)!r}], {str(model)!r}, {str(out)!r}, CountOptions(tile_hook=slow, **{options!r}))
     """, tmp_path)
     wait_for(lambda: tiles.is_file() and tiles.read_bytes().count(b"\n") >= 5, child)
+    assert processes_mentioning(str(tmp_path)), "the count should scan its 16 tiles with worker processes"
     sigkill(child)
     done = tiles.read_bytes().count(b"\n")
     assert 5 <= done < 16 and not (out / "smear.cells.csv").exists()
+    end = time.monotonic() + 30  # its scan workers and their forkserver notice within a second or two
+    while processes_mentioning(str(tmp_path)) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert not processes_mentioning(str(tmp_path)), "the killed count's worker processes outlived it"
 
     run = count_slides([slide], model, out, CountOptions(resume=True, **options))
-    assert run.exit_code == 0 and run.slides[0].tiles_resumed >= 5
+    assert run.exit_code == 0 and run.slides[0].tiles_resumed >= 5, run.slides[0].error
     for name in ("smear.cells.csv", "smear.geojson"):
         assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
     assert not (out / ".smear.partial").exists()

@@ -10,7 +10,8 @@ import pytest
 from wbc_deploy.errors import WbcError
 from wbc_deploy.pipeline.gallery import GalleryCollector
 from wbc_deploy.pipeline.inputs import discover_inputs, slide_name
-from wbc_deploy.pipeline.plan import Resolution, choose_crop_level, choose_resolution, plan_tiles, tile_size, tissue_mask
+from wbc_deploy.pipeline.plan import (Resolution, choose_crop_level, choose_resolution, plan_tiles, split_small_slide, tile_size,
+                                      tissue_mask)
 from wbc_deploy.pipeline.store import AtomicWriter, ProgressStore, StoredCell
 from wbc_deploy.pipeline.truth import match_points
 
@@ -172,6 +173,33 @@ def test_dilate_square_equals_a_square_maximum_filter(radius, density):
     assert np.array_equal(got, expected)
 
 
+def test_a_pyramid_level_close_to_the_refinement_resolution_is_read_as_it_is():
+    """Level 1 of a 4x pyramid over a 0.074 um/px scan (0.296 um/px) serves a 0.25 um/px refinement: reading
+    level 0 block-averaged by 3 (0.222 um/px) would read 16x the pixels. Without such a level, as before."""
+    r = choose_resolution(0.074, [1.0, 4.0, 16.0], 0.25, level_tolerance=1.25)
+    assert (r.level, r.factor) == (1, 1) and r.mpp == pytest.approx(0.296)
+    r = choose_resolution(0.074, [1.0, 4.0, 16.0], 0.25)  # the 5% tolerance alone: level 0, block-averaged
+    assert (r.level, r.factor) == (0, 3)
+    r = choose_resolution(0.074, [1.0], 0.25, level_tolerance=1.25)
+    assert (r.level, r.factor) == (0, 3)
+    r = choose_resolution(0.06, [1.0, 5.0], 0.25, level_tolerance=1.25)  # level 1 at 0.3 um/px: 20% coarser
+    assert (r.level, r.factor) == (1, 1)
+    r = choose_resolution(0.25, [1.0, 4.0], 0.25, level_tolerance=1.25)
+    assert (r.level, r.factor, r.mpp) == (0, 1, 0.25)
+
+
+def test_a_small_slide_is_cut_into_enough_tiles_for_every_worker():
+    """A slide that its tile size would leave in one tile (the 0.6 x 0.5 mm real-pixel slide) gets 4; a big one
+    keeps its tiles; tiles never go below the floor."""
+    assert split_small_slide((693, 600), 1153, 144, 4) == 599  # the largest side giving 2 x 2 tiles
+    tiles, total = plan_tiles((693, 600), 599, 36)
+    assert total == len(tiles) == 4
+    assert split_small_slide((20000, 16000), 1024, 144, 4) == 1024
+    assert split_small_slide((693, 600), 1153, 144, 1) == 1153
+    assert split_small_slide((300, 200), 1024, 144, 4) == 199  # 2 x 2
+    assert split_small_slide((100, 100), 1024, 144, 4) == 144  # the floor: one tile
+
+
 def test_tiles_are_sized_by_the_pixels_the_refinement_reads():
     """A fine scan is cut into several tiles (work follows pixels read), a 0.25 um/px scan keeps 1024 um tiles."""
     levels = [1.0, 4.0, 16.0]
@@ -187,3 +215,24 @@ def test_tiles_are_sized_by_the_pixels_the_refinement_reads():
     widths = {t.core[2] - t.core[0] for t in tiles}
     heights = {t.core[3] - t.core[1] for t in tiles}
     assert total == 6 and max(widths) <= 341 and max(widths) - min(widths) <= 1 and heights == {300}
+
+
+def test_auto_workers_start_processes_only_for_slides_of_several_tiles():
+    """Scan threads share the GIL, so `auto` scans a slide of 2+ tiles with worker processes (started once,
+    kept for the run); a one-tile slide or a single worker never pays for starting them."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from wbc_deploy.pipeline.options import CountOptions
+    from wbc_deploy.pipeline.workers import ScanWorkers
+
+    with ScanWorkers(CountOptions(workers=2)) as w:
+        assert w.for_slide(1) is w.threads and w._processes is None
+        pool = w.for_slide(2)
+        assert isinstance(pool, ProcessPoolExecutor) and w.for_slide(9) is pool
+        assert pool.submit(os.getpid).result() != os.getpid()
+    for kind, workers, tiles in (("auto", 1, 16), ("thread", 2, 16)):
+        with ScanWorkers(CountOptions(workers=workers, executor=kind)) as w:
+            assert w.for_slide(tiles) is w.threads
+    with ScanWorkers(CountOptions(workers=1, executor="process")) as w:
+        assert isinstance(w.for_slide(1), ProcessPoolExecutor)

@@ -27,7 +27,7 @@ def count_command(
     batch_size: int = typer.Option(64, "--batch-size", help="Cell crops per inference batch."),
     workers: int = typer.Option(None, "--workers", help="Reading/segmentation workers (default: one per CPU core, at most 8); "
                                                           "on a cluster, per slide on each worker (default: its host's cores over its worker threads)."),
-    executor: str = typer.Option("thread", "--executor", help="Worker kind: thread or process."),
+    executor: str = typer.Option("auto", "--executor", help="Worker kind: auto (processes for a slide of 2+ tiles), thread or process."),
     mpp: float = typer.Option(None, "--mpp", help="Microns per level-0 pixel, overriding the slide's (default: the slide's, "
                                                    "else estimated from red cells)."),
     resume: bool = typer.Option(False, "--resume", help="Continue interrupted slides from their last finished tiles; skip finished slides."),

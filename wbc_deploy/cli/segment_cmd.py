@@ -10,7 +10,7 @@ from .app import app
 _EPILOG = (
     "Outputs in --out, per input <stem> (its file name without the extension): <stem>.cells.csv "
     "(cell_id,x,y,bbox_x0,bbox_y0,bbox_x1,bbox_y1,area_um2,edge; level-0 pixels, x/y pixel-centre convention, "
-    "bbox x1/y1 exclusive; edge 1 where the cell touches the image border), <stem>.labels.png (16-bit instance labels: 0 background, k = the whole of cell k) and "
+    "bbox x1/y1 exclusive; edge 1 where the cell is cut by the image border: it reaches the border with its nucleus within 1.5 um of it), <stem>.labels.png (16-bit instance labels: 0 background, k = the whole of cell k) and "
     "<stem>.nuclei.png (same ids, nucleus pixels only). Level 0 is read whole: for whole-slide images use "
     "`wbc-deploy count`. Exit codes: 0 every input segmented; 2 bad options, or every input failed; "
     "3 some inputs failed (one line each on stderr; the others were written)."

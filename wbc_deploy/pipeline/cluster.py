@@ -90,7 +90,7 @@ class ClusterOptions:
             raise WbcError(f"cluster retries must be >= 0, got {self.retries}")
         if self.slide_threads is not None and self.slide_threads < 1:
             raise WbcError(f"--workers must be at least 1, got {self.slide_threads}")
-        if options.executor != "thread":
+        if options.executor == "process":
             raise WbcError("--executor process is for the local path: on a cluster each Dask worker is its own process")
 
 

@@ -134,7 +134,8 @@ def count_slide_task(result: SlideResult, path: str, options: CountOptions, plug
 
     ``partial``: the client's progress store of the slide (``--resume``), continued from here.
     """
-    from .run import RunContext, count_one, make_executor
+    from .run import RunContext, count_one
+    from .workers import ScanWorkers
 
     worker = get_worker()
     plugin: ModelPlugin = worker.plugins[plugin_name]
@@ -155,11 +156,12 @@ def count_slide_task(result: SlideResult, path: str, options: CountOptions, plug
                 store.dir.mkdir(parents=True)
                 for name, data in partial.items():
                     (store.dir / name).write_bytes(data)
-            opts = dataclasses.replace(options, workers=plugin.threads(), quiet=True)
+            # threads: a Dask worker is already one process per slide (and may not start children)
+            opts = dataclasses.replace(options, workers=plugin.threads(), executor="thread", quiet=True)
             progress = stack.enter_context(make_progress(True))
-            executor = stack.enter_context(make_executor(opts))
+            workers = stack.enter_context(ScanWorkers(opts))
             ctx = RunContext(backend=backend, model_sha256=result.model_sha256, options=opts, out_dir=scratch,
-                             executor=executor, params=SegmentParams(), progress=progress)
+                             workers=workers, params=SegmentParams(), progress=progress)
             count_one(result, ctx)
         store = ProgressStore(scratch, result.slide)
         if result.status == STATUS_OK:

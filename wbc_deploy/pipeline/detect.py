@@ -18,6 +18,7 @@ from skimage.measure import approximate_polygon, find_contours
 
 from ..slide.crop import REFLECT, read_field, read_level
 from ..segment import SegmentParams, segment_fields
+from ..segment.finalise import is_edge_cell
 from ..segment.stain import apply_table, density_tables, estimate_background
 from .options import COARSE_AREA_UM2, COARSE_MAX_ECCENTRICITY, COARSE_MIN_SOLIDITY, COARSE_UNEXPLAINED_UM2
 from .plan import CropGeometry, Resolution, ScanPlan, Tile
@@ -130,32 +131,31 @@ def dilate_square(mask: np.ndarray, r: int) -> np.ndarray:
 
 
 def candidate_windows(rgb: np.ndarray, plan: ScanPlan, params: SegmentParams
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[slice, slice]]]:
+                      ) -> tuple[np.ndarray, np.ndarray, list[tuple[slice, slice]]]:
     """Coarse pass over a detection-resolution image.
 
-    Returns (window label map, candidate chromatin mask, candidate nuclei per window, window slices).
+    Returns (window label map, candidate chromatin mask, window slices).
 
     Candidate chromatin is nucleus-stain density above ``plan.candidate_od``; pixels within one
     pixel fuse (the lobes of one nucleus), and groups with at least ``candidate_min_px`` chromatin
     pixels are candidate nuclei. Window k is candidate k's bounding box grown by ``margin_px``
     (windows of neighbouring candidates overlap, so a crowded field never makes one huge window);
     it owns the pixels of the grown candidates nearest to candidate k (label k in the map), so a
-    cell seen by several windows is kept once. ``candidate nuclei per window`` counts the candidates
-    whose chromatin lies in window k's box: 1 is a lone candidate.
+    cell seen by several windows is kept once.
     """
     bg = plan.background if plan.background is not None else estimate_background(rgb)
     nuc = apply_table(density_tables(bg, params)[0], rgb)  # the nucleus-stain output only
     chromatin = nuc > plan.candidate_od
     empty = np.zeros(chromatin.shape, np.int32)
     if not chromatin.any():
-        return empty, chromatin, np.zeros(1, np.int64), []
+        return empty, chromatin, []
     fused = dilate_square(chromatin, 1)
     lab, n = ndi.label(fused)
     area = np.bincount(lab[chromatin], minlength=n + 1)  # chromatin pixels per fused group
     keep = area >= plan.candidate_min_px
     keep[0] = False
     if not keep.any():
-        return empty, np.zeros_like(chromatin), np.zeros(1, np.int64), []
+        return empty, np.zeros_like(chromatin), []
     number = np.zeros(n + 1, np.int32)
     number[keep] = np.arange(1, int(keep.sum()) + 1)
     groups_map = number[lab]  # candidate k's pixels are k, the rest 0
@@ -166,52 +166,61 @@ def candidate_windows(rgb: np.ndarray, plan: ScanPlan, params: SegmentParams
     windows = np.where(grown, groups_map[iy, ix], 0).astype(np.int32)
     h, w = chromatin.shape
     m = plan.margin_px
-    slices, counts = [], [0]
-    for sl in ndi.find_objects(groups_map):
-        box = (slice(max(0, sl[0].start - m), min(h, sl[0].stop + m)), slice(max(0, sl[1].start - m), min(w, sl[1].stop + m)))
-        slices.append(box)
-        inside = groups_map[box]
-        counts.append(int(np.unique(inside[inside > 0]).size))
-    return windows, candidates, np.asarray(counts, np.int64), slices
+    slices = [(slice(max(0, sl[0].start - m), min(h, sl[0].stop + m)), slice(max(0, sl[1].start - m), min(w, sl[1].stop + m)))
+              for sl in ndi.find_objects(groups_map)]
+    return windows, candidates, slices
 
 
 def coarse_is_enough(seg, candidates: np.ndarray, mpp: float) -> bool:
     """Whether a window's detection-resolution segmentation can stand without refinement.
 
-    Only a lone, round, whole WBC that accounts for all the window's candidate chromatin is
-    accepted; several cells (touching or close: their nuclei may have fused), odd shapes (a merged
-    pair is elongated or concave), a cell cut by the window, or chromatin the segmentation did not
-    place in a cell send the window to full-resolution refinement.
+    ``candidates`` is the window's own candidate chromatin. It is accepted only when that chromatin
+    lies in one cell, a round, whole, single-cell-sized WBC that holds all but a little of it and
+    touches no other cell of the window; touching or merged cells (their nuclei may have fused: a
+    merged pair is elongated or concave), odd shapes, a cell cut by the window, or chromatin the
+    segmentation did not place in a cell send the window to full-resolution refinement. Cells of
+    other candidates in the window are not judged here: their own windows are.
     """
-    if len(seg.cells) != 1:
+    ids = np.unique(seg.labels[candidates])
+    ids = ids[ids > 0]
+    if ids.size != 1:
         return False
-    c = seg.cells[0]
-    if c.touches_border or c.solidity < COARSE_MIN_SOLIDITY or c.eccentricity > COARSE_MAX_ECCENTRICITY:
+    c = next((c for c in seg.cells if c.cell_id == int(ids[0])), None)
+    if c is None or c.touches_border or c.solidity < COARSE_MIN_SOLIDITY or c.eccentricity > COARSE_MAX_ECCENTRICITY:
         return False
     if not (COARSE_AREA_UM2[0] <= c.area_um2 <= COARSE_AREA_UM2[1]):
         return False
-    unexplained = int(np.count_nonzero(candidates & (seg.labels == 0)))
-    return unexplained * mpp * mpp <= COARSE_UNEXPLAINED_UM2
+    unexplained = int(np.count_nonzero(candidates & (seg.labels != c.cell_id)))
+    if unexplained * mpp * mpp > COARSE_UNEXPLAINED_UM2:
+        return False
+    if len(seg.cells) > 1:  # no other cell within one pixel of this one
+        near = ndi.binary_dilation(seg.labels == c.cell_id, structure=np.ones((3, 3), bool))
+        if np.any((seg.labels[near] != 0) & (seg.labels[near] != c.cell_id)):
+            return False
+    return True
 
 
-def touches_edge(reader, res: Resolution, bbox: tuple[int, int, int, int], ox: int, oy: int) -> bool:
-    """Whether a cell's bounding box (x0, y0, x1, y1 at ``res``, offset by (ox, oy) into the slide frame)
-    reaches the slide's first or last row or column of pixels at that resolution."""
+def cut_by_edge(reader, res: Resolution, cell, ox: int, oy: int, params: SegmentParams) -> bool:
+    """Whether a cell (found at ``res``, offset by (ox, oy) into the slide frame) is cut by the image's edge:
+    :func:`wbc_deploy.segment.finalise.is_edge_cell` (the rule of ``segment``'s ``edge`` column) in the slide frame."""
     lw, lh = reader.level_dimensions[res.level]
-    width, height = -(-lw // res.factor), -(-lh // res.factor)  # partial blocks hold edge pixels too
-    x0, y0, x1, y1 = bbox
-    return x0 + ox <= 0 or y0 + oy <= 0 or x1 + ox >= width or y1 + oy >= height
+    size = (-(-lw // res.factor), -(-lh // res.factor))  # partial blocks hold edge pixels too
+
+    def shifted(b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        return b[0] + ox, b[1] + oy, b[2] + ox, b[3] + oy
+
+    return is_edge_cell(shifted(cell.bbox), shifted(cell.nucleus_bbox), size, res.mpp, params)
 
 
 def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResult:
     """Read, detect and crop one tile (see the module docstring); coordinates in the result are level 0.
 
     The tile's pad box is read at the detection resolution and candidate windows are found there
-    (:func:`candidate_windows`). Windows holding one candidate nucleus are segmented at the detection
-    resolution (:func:`wbc_deploy.segment.segment_fields`, all of the tile's in one batch); unless
-    that result is a lone clean WBC (:func:`coarse_is_enough`, or always with ``plan.refine_all``) the
-    window is read again at the refinement resolution, and those windows are segmented there (one
-    batch again). A cell is kept if its centroid lies in the tile's core and in its own window's area
+    (:func:`candidate_windows`). The windows that reach the tile's core are segmented at the detection
+    resolution (:func:`wbc_deploy.segment.segment_fields`, all of the tile's in one batch); unless the
+    window's own candidate is a clean WBC touching no other cell (:func:`coarse_is_enough`; never with
+    ``plan.refine_all``) the window is read again at the refinement resolution, and those windows are
+    segmented there (one batch again). A cell is kept if its centroid lies in the tile's core and in its own window's area
     (so a cell seen by two overlapping window boxes counts once). ``crops=False`` skips reading the
     model crops (the scan stage alone, for benchmarks).
     """
@@ -222,7 +231,7 @@ def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResu
     t1 = time.perf_counter()
     read_s = t1 - t0
     focus = tile_blur_um(rgb, det.mpp, plan.background)
-    windows, candidates, groups, slices = candidate_windows(rgb, plan, job.params)
+    windows, candidates, slices = candidate_windows(rgb, plan, job.params)
     px, py = tile.pad[0], tile.pad[1]
     scale = det.ds / ref.ds  # refinement px per detection px
     cx0, cy0, cx1, cy1 = (tile.core[0] - px, tile.core[1] - py, tile.core[2] - px, tile.core[3] - py)
@@ -232,14 +241,12 @@ def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResu
     settled: list[tuple[int, object, object, int, int]] = []  # (window, segmentation, resolution, x, y offsets)
     refine = todo
     if not plan.refine_all and det.ds != ref.ds:
-        lone = [w for w in todo if groups[w[0]] == 1]
-        refine = [w for w in todo if groups[w[0]] != 1]
-        for (k, sy, sx), seg in zip(lone, segment_fields([rgb[sy, sx] for _, sy, sx in lone], det.mpp, job.params)):
+        refine = []
+        for (k, sy, sx), seg in zip(todo, segment_fields([rgb[sy, sx] for _, sy, sx in todo], det.mpp, job.params)):
             if coarse_is_enough(seg, candidates[sy, sx] & (windows[sy, sx] == k), det.mpp):
                 settled.append((k, seg, det, sx.start + px, sy.start + py))
             else:
                 refine.append((k, sy, sx))
-        refine.sort(key=lambda w: w[0])
     boxes, fine = [], []
     for k, sy, sx in refine:
         # window box in refinement px (slide frame)
@@ -255,7 +262,7 @@ def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResu
     found: list[tuple[float, float, Detection]] = []
     for k, seg, res, ox, oy in settled:
         for cell in seg.cells:
-            if plan.drop_edge_cells and touches_edge(reader, res, cell.bbox, ox, oy):
+            if plan.drop_edge_cells and cut_by_edge(reader, res, cell, ox, oy, job.params):
                 continue
             x0, y0 = res.to_level0(cell.x + ox, cell.y + oy)
             dx, dy = det.from_level0(x0, y0)

@@ -19,6 +19,10 @@ DETECT_MPP: float = 1.0
 #: only in windows around them. Coarser refinement loses touching WBC pairs (measured on synthetic
 #: slides: 29/30 found at 0.5 um/px, 30/30 at 0.25; 37/40 vs 39/40) for ~30% less detection time.
 REFINE_MPP: float = 0.25
+#: ... but a pyramid level up to this much coarser than ``REFINE_MPP`` is read as it is: level 1 of a
+#: 4x pyramid over a 0.074 um/px scan is 0.296 um/px, and block-averaging level 0 instead reads 16x the
+#: pixels (on the real-pixel BCCD slide: 16.2 CPU s -> 7.8 CPU s to count, 209 -> 208 of 203 boxes' WBCs).
+REFINE_LEVEL_TOLERANCE: float = 1.25
 #: Coarse pass: nucleus-stain density (OD) above which a pixel is candidate chromatin, and the least
 #: chromatin area (um^2, lobes within ~1 px fused) a candidate nucleus has (platelets are smaller).
 CANDIDATE_OD: float = 0.12
@@ -39,6 +43,10 @@ TILE_UM: float = 1024.0
 #: scan (0.074 um/px: 1024 um is 13,800 px) is cut into several tiles that the workers share, while a
 #: 0.25 um/px scan keeps its 1024 um tiles (4096 px).
 TILE_MAX_READ_PX: int = 4096
+#: ... and a slide that 1024 um tiles would cut into fewer than this many is cut into this many (tiles
+#: not under 4x the overlap), so both cores of a small or high-resolution slide are busy: the
+#: real-pixel BCCD slide (0.6 x 0.5 mm at 0.074 um/px) was one tile, scanned by one core.
+MIN_TILES: int = 4
 #: Overlap added on every side of a tile core. Wider than the largest WBC (a ~22 um monocyte), so a
 #: cell whose centroid lies in a core is whole inside its padded tile.
 OVERLAP_UM: float = 32.0
@@ -50,7 +58,7 @@ GALLERY_K: int = 16
 #: Detections match a true cell when their centres are within this distance (--truth).
 MATCH_UM: float = 5.0
 
-EXECUTORS = ("thread", "process")
+EXECUTORS = ("auto", "thread", "process")
 
 
 def default_workers() -> int:
@@ -69,7 +77,8 @@ class CountOptions:
     backend: str | None = None
     batch_size: int = 64
     workers: int = field(default_factory=default_workers)
-    executor: str = "thread"
+    #: ``auto``: worker processes for a slide with 2+ tiles and workers > 1, else threads (see :mod:`.workers`).
+    executor: str = "auto"
     mpp: float | None = None
     resume: bool = False
     geojson: bool = False
@@ -84,6 +93,8 @@ class CountOptions:
     #: Refine every candidate window at ``refine_mpp`` (slower), not only those the coarse pass cannot settle.
     refine_all: bool = False
     tile_um: float = TILE_UM
+    #: A slide that ``tile_um`` tiles would cut into fewer tiles than this is cut into this many.
+    min_tiles: int = MIN_TILES
     overlap_um: float = OVERLAP_UM
     #: Cells whose calibrated confidence is below this are ``unidentified``; None: the model card's
     #: ``confidence_threshold`` (0 turns it off).
@@ -125,6 +136,8 @@ class CountOptions:
             raise WbcError(f"refinement resolution must be 0.05 um/px up to the detection resolution, got {self.refine_mpp}")
         if self.overlap_um < 25.0:
             raise WbcError(f"tile overlap must be wider than the largest WBC (>= 25 um), got {self.overlap_um}")
+        if int(self.min_tiles) < 1:
+            raise WbcError(f"min_tiles must be at least 1, got {self.min_tiles}")
         if self.tile_um < 4 * self.overlap_um:
             raise WbcError(f"tile size must be at least 4x the overlap ({4 * self.overlap_um} um), got {self.tile_um}")
 
@@ -138,6 +151,7 @@ class CountOptions:
             "refine_all": bool(self.refine_all),
             "outlines": bool(self.geojson),
             "tile_um": float(self.tile_um),
+            "min_tiles": int(self.min_tiles),
             "overlap_um": float(self.overlap_um),
             "confidence_threshold": self.confidence_threshold,
             "max_wbc": None if self.max_wbc is None else int(self.max_wbc),

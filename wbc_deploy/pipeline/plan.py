@@ -17,7 +17,8 @@ from scipy import ndimage as ndi
 from ..card import DEFAULT_FOV_UM
 from ..segment.stain import estimate_background
 from ..slide.crop import field_side
-from .options import (CANDIDATE_MIN_UM2, CANDIDATE_OD, MASK_MAX_PX, MASK_MPP, TILE_MAX_READ_PX, WINDOW_MARGIN_UM,
+from .options import (CANDIDATE_MIN_UM2, CANDIDATE_OD, MASK_MAX_PX, MASK_MPP, MIN_TILES, REFINE_LEVEL_TOLERANCE,
+                      TILE_MAX_READ_PX, WINDOW_MARGIN_UM,
                       CountOptions)
 
 #: Glass vs smear on the thumbnail: total optical density (sum over channels, log10) above this.
@@ -125,18 +126,22 @@ class ScanPlan:
         }
 
 
-def choose_resolution(mpp: float, downsamples: list[float], max_mpp: float) -> Resolution:
+def choose_resolution(mpp: float, downsamples: list[float], max_mpp: float, level_tolerance: float = 1.05) -> Resolution:
     """The coarsest resolution no coarser than ``max_mpp`` (5% tolerance for scanners' rounded mpp).
 
     The coarsest pyramid level within the limit is read; when it is finer than half the limit it is
     block-averaged in memory by the largest integer factor that stays within it. A slide coarser
-    than the limit everywhere is used at level 0 as it is.
+    than the limit everywhere is used at level 0 as it is. A pyramid level up to ``level_tolerance``
+    times ``max_mpp`` is read as it is (the refinement passes 1.25: level 1 of a 0.074 um/px scan
+    is 0.296 um/px, and reading 16x its pixels from level 0 for a 25% finer image is not worth it).
     """
     limit = max_mpp * 1.05
     level = 0
     for i, ds in enumerate(downsamples):
-        if mpp * ds <= limit and ds >= downsamples[level]:
+        if mpp * ds <= max_mpp * max(1.05, level_tolerance) and ds >= downsamples[level]:
             level = i
+    if mpp * downsamples[level] > limit:  # a level within the tolerance: read as it is
+        return Resolution(level=level, level_downsample=float(downsamples[level]), factor=1, mpp=mpp * downsamples[level])
     level_mpp = mpp * downsamples[level]
     factor = max(1, int(math.floor(limit / level_mpp + 1e-9)))
     return Resolution(level=level, level_downsample=float(downsamples[level]), factor=factor, mpp=level_mpp * factor)
@@ -185,6 +190,18 @@ def tile_size(det: Resolution, ref: Resolution, tile_um: float, max_read_px: int
     return max(64, int(round(min(by_um, by_work))))
 
 
+def split_small_slide(det_size: tuple[int, int], tile_px: int, min_tile_px: int, min_tiles: int = MIN_TILES) -> int:
+    """``tile_px``, or less for a slide it would cut into fewer than ``min_tiles`` tiles: the largest side
+    (not under ``min_tile_px``) that gives it that many, so a small slide still keeps every worker busy."""
+    def count(t: int) -> int:
+        return math.ceil(det_size[0] / t) * math.ceil(det_size[1] / t)
+
+    t = tile_px
+    while t > min_tile_px and count(t) < min_tiles:
+        t -= 1
+    return t
+
+
 def _splits(length: int, tile_px: int) -> list[int]:
     """Edges of ``ceil(length / tile_px)`` near-equal tiles over ``length`` px (0, ..., length)."""
     n = max(1, math.ceil(length / tile_px))
@@ -229,11 +246,12 @@ def plan_scan(reader, mpp: float, card, options: CountOptions, thumb: np.ndarray
     """Detection and refinement resolutions, crop level, tissue mask and tiles of a slide at ``mpp`` um/px."""
     downsamples = [float(d) for d in reader.level_downsamples]
     det = choose_resolution(mpp, downsamples, options.detect_mpp)
-    ref = choose_resolution(mpp, downsamples, options.refine_mpp)
+    ref = choose_resolution(mpp, downsamples, options.refine_mpp, REFINE_LEVEL_TOLERANCE)
     lw, lh = reader.level_dimensions[det.level]
     det_size = (max(1, lw // det.factor), max(1, lh // det.factor))
     overlap_px = int(math.ceil(options.overlap_um / det.mpp))
-    tile_px = max(tile_size(det, ref, options.tile_um), 4 * overlap_px)
+    tile_px = split_small_slide(det_size, max(tile_size(det, ref, options.tile_um), 4 * overlap_px), 4 * overlap_px,
+                                int(options.min_tiles))
     fov = float(card.fov_um) if card.fov_um else DEFAULT_FOV_UM
     crop = choose_crop_level(mpp, downsamples, fov, int(card.input_size))
     mask, background = tissue_mask(thumb)

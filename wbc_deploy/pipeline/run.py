@@ -15,7 +15,6 @@ import itertools
 import json
 import shutil
 import time
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from .result import STATUS_ERROR, STATUS_INTERRUPTED, STATUS_OK, STATUS_PENDING,
 from .scale import resolve_mpp, thumbnail
 from .store import ProgressStore, settings_hash, slide_identity
 from .truth import compare_with_truth, truth_path_for
+from .workers import ScanWorkers
 from .zones import CountingArea, counting_area, zone_slide
 
 
@@ -65,7 +65,7 @@ class RunContext:
     model_sha256: str
     options: CountOptions
     out_dir: Path
-    executor: Executor
+    workers: ScanWorkers
     params: SegmentParams
     progress: object
 
@@ -103,6 +103,7 @@ def count_slide(path: Path, ctx: RunContext, result: SlideResult) -> SlideResult
         if source == "estimated":
             warn(f"{name}: no microns per pixel in the slide; estimated {mpp:.4f} um/px from red cells (pass --mpp to set it)")
         plan = plan_scan(reader, mpp, backend.card, opts, thumb)
+        executor = ctx.workers.for_slide(len(plan.tiles))  # a process pool starts now, while the slide is zoned
         zoning = zone_slide(reader, thumb, plan)
         area = counting_area(zoning, opts.area, plan, (w0, h0), dilate_px=opts.overlap_um / (mpp * w0 / thumb.shape[1]) + 1)
         plan.tiles = area.tiles(plan)
@@ -144,7 +145,7 @@ def count_slide(path: Path, ctx: RunContext, result: SlideResult) -> SlideResult
         result.tiles_resumed = len(done)
 
         job = job_without_tiles(path, plan, ctx.params)
-        scan = functools.partial(process_scan, job) if isinstance(ctx.executor, ProcessPoolExecutor) else functools.partial(scan_tile, reader, job)
+        scan = functools.partial(process_scan, job) if executor is not ctx.workers.threads else functools.partial(scan_tile, reader, job)
         progress = ctx.progress
         task = progress.add_task(name, total=len(plan.tiles), completed=len(done), wbc=start_cells, rate="")
         t_stream = time.perf_counter()
@@ -158,7 +159,7 @@ def count_slide(path: Path, ctx: RunContext, result: SlideResult) -> SlideResult
 
         stats = StreamStats()
         try:
-            stream_slide(plan.tiles[len(done):], scan, ctx.executor, backend, store, batch_size=opts.batch_size,
+            stream_slide(plan.tiles[len(done):], scan, executor, backend, store, batch_size=opts.batch_size,
                          window=max(2, 2 * opts.workers), start_cells=start_cells, on_commit=on_commit, stats=stats,
                          max_cells=opts.max_wbc, post=None if area.mask is None else functools.partial(keep_in_area, area))
         finally:
@@ -287,7 +288,7 @@ def finish_outputs(path: Path, name: str, reader, plan: ScanPlan, store: Progres
     if opts.review:
         try:
             result.outputs["review"] = write_review(out, name, reader, plan, review_cells, xy[:n_first], classes,
-                                                     ctx.executor)
+                                                     ctx.workers.threads)
         except Exception as exc:  # noqa: BLE001 - a review aid must never cost the counts already written
             warn(f"{name}: review page not written ({type(exc).__name__}: {' '.join(str(exc).split())})")
     if collector is not None:
@@ -401,15 +402,6 @@ def open_run_backend(model: str | Path, options: CountOptions):
     return open_backend(model, options.backend, **options.backend_options)
 
 
-def make_executor(options: CountOptions) -> Executor:
-    """The reading/segmentation worker pool (threads, or processes started with ``spawn``)."""
-    if options.executor == "process":
-        import multiprocessing as mp
-
-        return ProcessPoolExecutor(max_workers=options.workers, mp_context=mp.get_context("spawn"))
-    return ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="wbc-scan")
-
-
 def count_slides(inputs, model: str | Path, out_dir: str | Path, options: CountOptions | None = None,
                  backend=None, cluster=None) -> RunResult:
     """Count every slide of ``inputs`` (files or folders) with ``model`` into ``out_dir``.
@@ -465,9 +457,9 @@ def count_slides(inputs, model: str | Path, out_dir: str | Path, options: CountO
         with ExitStack() as stack:
             progress = stack.enter_context(make_progress(options.quiet, TextColumn("{task.fields[wbc]} WBC"),
                                                          TextColumn("{task.fields[rate]}")))
-            executor = stack.enter_context(make_executor(options))
+            workers = stack.enter_context(ScanWorkers(options))
             ctx = RunContext(backend=backend, model_sha256=model_sha, options=options, out_dir=out,
-                             executor=executor, params=params, progress=progress)
+                             workers=workers, params=params, progress=progress)
             for r in results:
                 if r.status != STATUS_PENDING:
                     continue

@@ -4,8 +4,9 @@ Per input ``<stem>`` (the file name without its extension), in the output folder
 
 - ``<stem>.cells.csv``: ``cell_id,x,y,bbox_x0,bbox_y0,bbox_x1,bbox_y1,area_um2,edge``, one row per WBC,
   level-0 pixels (pixel-centre convention for x, y; the bbox is half-open: x1, y1 exclusive); ``edge``
-  is 1 where the cell touches the image border (cut by it: its area is partial; ``count`` does not
-  count such cells on plain images), else 0;
+  is 1 where the cell is cut by the image border (its outline reaches the border and its nucleus comes
+  within ``SegmentParams.edge_nucleus_um`` = 1.5 um of it: its area is partial; ``count`` does not count
+  such cells on plain images), else 0;
 - ``<stem>.labels.png``: 16-bit instance labels (0 background, k = the whole of cell k);
 - ``<stem>.nuclei.png``: the same ids, nucleus pixels only.
 
@@ -96,7 +97,7 @@ def write_cells_csv(path: str | Path, seg: Segmentation) -> None:
         w.writerow(CSV_COLUMNS)
         for c in seg.cells:
             x0, y0, x1, y1 = c.bbox
-            w.writerow([c.cell_id, f"{c.x:.2f}", f"{c.y:.2f}", x0, y0, x1, y1, f"{c.area_um2:.2f}", int(c.touches_border)])
+            w.writerow([c.cell_id, f"{c.x:.2f}", f"{c.y:.2f}", x0, y0, x1, y1, f"{c.area_um2:.2f}", int(c.edge)])
 
 
 def write_segmentation(seg: Segmentation, out_dir: str | Path, stem: str) -> list[Path]:

@@ -279,13 +279,34 @@ def _assemble(f, jobs: list[_Job], grid: PolarGrid | None, params: SegmentParams
         y0, x0 = sl[0].start + int(rows.min()), sl[1].start + int(cols.min())
         y1, x1 = sl[0].start + int(rows.max()) + 1, sl[1].start + int(cols.max()) + 1
         solidity, eccentricity = shape_stats(cell)
+        nrows, ncols = np.nonzero(nuc)
+        ny0, nx0 = sl[0].start + int(nrows.min()), sl[1].start + int(ncols.min())
+        ny1, nx1 = sl[0].start + int(nrows.max()) + 1, sl[1].start + int(ncols.max()) + 1
+        touches = bool(x0 == 0 or y0 == 0 or x1 >= width or y1 >= height)
         cells.append(Cell(
             cell_id=new, x=float(cx), y=float(cy), bbox=(x0, y0, x1, y1),
             area_um2=float(cell.sum()) * px_area, nucleus_area_um2=float(nuc.sum()) * px_area,
             n_lobes=int(label(nuc)[1]), solidity=solidity, eccentricity=eccentricity, nucleus_od=nuc_od,
-            touches_border=bool(x0 == 0 or y0 == 0 or x1 >= width or y1 >= height),
+            touches_border=touches, nucleus_bbox=(nx0, ny0, nx1, ny1),
+            edge=is_edge_cell((x0, y0, x1, y1), (nx0, ny0, nx1, ny1), (width, height), mpp, params),
         ))
     result.labels = labels
     result.nuclei = nuclei
     result.cells = cells
     return result
+
+
+def near_border(bbox: tuple[int, int, int, int], size: tuple[int, int], margin_px: float) -> bool:
+    """Whether a half-open box (x0, y0, x1, y1) comes within ``margin_px`` of the border of an image of ``size`` (w, h)."""
+    x0, y0, x1, y1 = bbox
+    width, height = size
+    return min(x0, y0, width - x1, height - y1) < margin_px
+
+
+def is_edge_cell(bbox: tuple[int, int, int, int], nucleus_bbox: tuple[int, int, int, int], size: tuple[int, int],
+                 mpp: float, params: SegmentParams) -> bool:
+    """Whether a cell (half-open boxes of its outline and nucleus, in an image of ``size`` (w, h) at ``mpp``)
+    is cut by the image border: its outline reaches it (within ``params.edge_outline_um``) and its nucleus
+    comes within ``params.edge_nucleus_um`` of it."""
+    return (near_border(bbox, size, max(1.0, params.edge_outline_um / mpp))
+            and near_border(nucleus_bbox, size, params.edge_nucleus_um / mpp))

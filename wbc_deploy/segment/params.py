@@ -68,6 +68,14 @@ class SegmentParams:
     #: Accepted whole-cell area (a 6 um small lymphocyte to a 22 um monocyte).
     cell_area_min_um2: float = 18.0
     cell_area_max_um2: float = 450.0
+    #: A cell whose outline reaches the image border is cut by it (``edge``) only when its nucleus comes
+    #: within this distance of the border: a WBC's cytoplasm is seldom a thinner rim than this, and an
+    #: outline reaching the border farther from its nucleus has leaked into tinted glass or a neighbour
+    #: (the cell itself is whole, and a neighbouring photograph cannot see its nucleus to count it).
+    edge_nucleus_um: float = 1.5
+    #: ... and an outline within this distance of the border reaches it (outlines are traced on blurred
+    #: pixels, and the count reads a photograph's cells at a coarser resolution than ``segment``).
+    edge_outline_um: float = 0.5
     #: Shape limits of the whole cell (cut cells at the image border are exempt).
     min_solidity: float = 0.75
     max_eccentricity: float = 0.95

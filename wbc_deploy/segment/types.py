@@ -12,8 +12,11 @@ class Cell:
     convention (pixel column i, row j is centred at (i, j)); ``bbox`` is half-open pixel indices.
 
     ``solidity`` and ``eccentricity`` describe the whole-cell outline and ``n_lobes`` counts the
-    nucleus pieces, measured on the final outline. ``touches_border``: the cell is cut by the image
-    edge (its area is then partial; ``segment`` writes it as the ``edge`` column).
+    nucleus pieces, measured on the final outline. ``touches_border``: the outline reaches the image's
+    first or last row or column; ``edge``: the cell is cut by the image border (its outline reaches it
+    and its nucleus comes within ``SegmentParams.edge_nucleus_um`` of it: its area is then partial;
+    ``segment`` writes it as the ``edge`` column and ``count`` does not count it on plain images).
+    ``nucleus_bbox`` is the nucleus's half-open bounding box (x0, y0, x1, y1).
     """
 
     cell_id: int
@@ -27,6 +30,8 @@ class Cell:
     eccentricity: float = 0.0
     nucleus_od: float = 0.0
     touches_border: bool = False
+    edge: bool = False
+    nucleus_bbox: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 @dataclass
