@@ -18,6 +18,8 @@ Usage:
   boxes, and the same detections against the boxes that do not reach the border (a box within
   ``EDGE_BOX_PX`` of it, or within ``EDGE_BOX_UM`` for hand-drawn boxes' slack, is a cell the photograph
   cuts). Boxes under ``MIN_BOX_UM`` on a side are annotation errors (no WBC is 2 um) and are left out.
+* **count on the photographs**: ``count`` with the bundled model over the same images (plain images, so
+  edge cells are dropped), its cells against the whole plausible boxes (the strict rule).
 * **Speed**: seconds per image, per megapixel and per WBC found (single thread, this process).
 
 Writes a JSON and a Markdown table (same name, .md) with the machine and its load average. Only for
@@ -141,6 +143,33 @@ def bccd_scores(folder: Path, mpp: float) -> dict:
     return out
 
 
+def bccd_count_scores(folder: Path, mpp: float) -> dict:
+    """``count`` (the bundled model, plain images at ``mpp``) over the BCCD photographs: the cells it counts
+    against the plausible boxes that do not reach the border (strict rule), and its wall-clock seconds."""
+    import csv
+    import tempfile
+
+    from wbc_deploy.pipeline import CountOptions, count_slides
+
+    out = Path(tempfile.mkdtemp(prefix="wbc-bccd-count-"))
+    t0 = time.perf_counter()
+    run = count_slides([folder / "images"], "default", out, CountOptions(quiet=True, mpp=mpp))
+    seconds = time.perf_counter() - t0
+    n_true = n_det = tp = 0
+    for slide in run.slides:
+        if slide.status != "ok":
+            raise SystemExit(f"count failed on {slide.slide}: {slide.error}")
+        boxes = [b for b in wbc_boxes(folder / "annotations" / (slide.slide + ".xml"))
+                 if min(b[2] - b[0], b[3] - b[1]) * mpp >= MIN_BOX_UM]
+        width, height = Image.open(slide.path).size
+        whole = [b for b in boxes if not box_is_cut(b, width, height)]
+        with open(out / f"{slide.slide}.cells.csv", newline="") as fh:
+            pts = [(float(r["x"]) - 0.5, float(r["y"]) - 0.5) for r in csv.DictReader(fh)]  # continuous -> pixel centres
+        n_true, n_det, tp = n_true + len(whole), n_det + len(pts), tp + match(pts, whole)
+    return {"true_wbc": n_true, "detections": n_det, "matched": tp, "recall": tp / max(1, n_true),
+            "precision": tp / max(1, n_det), "seconds": seconds}
+
+
 BCCD_ROWS = (("with_edge_cells", "counted"), ("without_edge_cells", "dropped (as `count` does on plain images)"),
              ("without_edge_cells_or_cut_boxes_strict", f"dropped, and boxes within {EDGE_BOX_PX} px of the border left out"),
              ("without_edge_cells_or_cut_boxes_slack", f"dropped, and boxes within {EDGE_BOX_UM} um of the border left out"))
@@ -170,6 +199,10 @@ def markdown(record: dict) -> str:
             r = b[key]
             lines.append(f"| {label} | {r.get('true_wbc', b['true_wbc'])} | {r['detections']} | {r['matched']} | "
                          f"{r['recall']:.3f} | {r['precision']:.3f} |")
+        c = record.get("bccd_count")
+        if c:
+            lines.append(f"| `count` on the photographs (bundled model; its cells) against boxes within {EDGE_BOX_PX} px left out "
+                         f"| {c['true_wbc']} | {c['detections']} | {c['matched']} | {c['recall']:.3f} | {c['precision']:.3f} |")
         lines += ["", f"Speed: median {1000 * b['seconds_per_image_median']:.0f} ms per 640 x 480 field, "
                   f"{b['ms_per_mpx']:.0f} ms per Mpx, {b['ms_per_wbc']:.0f} ms per WBC found (one thread)."]
     return "\n".join(lines) + "\n"
@@ -209,6 +242,9 @@ def main() -> int:
                   f"recall {r['recall']:.3f} precision {r['precision']:.3f}")
         print(f"BCCD speed: median {1000 * b['seconds_per_image_median']:.0f} ms per field, {b['ms_per_mpx']:.0f} ms/Mpx, "
               f"{b['ms_per_wbc']:.0f} ms per WBC")
+        c = record["bccd_count"] = bccd_count_scores(args.bccd, args.mpp_bccd)
+        print(f"BCCD count (plain images): {c['detections']} counted, {c['matched']} of {c['true_wbc']} whole boxes matched: "
+              f"recall {c['recall']:.3f} precision {c['precision']:.3f} ({c['seconds']:.1f} s)")
     record["machine"] = machine()
     record["machine"]["load_avg_1m_end"] = os.getloadavg()[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -108,7 +108,7 @@ def test_a_four_class_model_counts_into_four_class_columns(slide, tmp_path, caps
 @pytest.mark.slow
 def test_two_process_workers_write_what_two_threads_write(slide, tmp_path):
     model = make_onnx(tmp_path / "model.onnx", tiny_card(32))
-    threads = count_slides([slide], model, tmp_path / "threads", opts(geojson=True))
+    threads = count_slides([slide], model, tmp_path / "threads", opts(geojson=True, executor="thread"))
     procs = count_slides([slide], model, tmp_path / "procs", opts(geojson=True, executor="process"))
     assert threads.slides[0].tiles_total == 16 and procs.slides[0].status == "ok"
     assert procs.slides[0].n_wbc == threads.slides[0].n_wbc >= 25
@@ -118,3 +118,32 @@ def test_two_process_workers_write_what_two_threads_write(slide, tmp_path):
     for r in a + b:
         r.pop("seconds")
     assert a == b
+
+
+def test_a_script_without_a_main_guard_counts_once_with_process_workers(slide, tmp_path):
+    """Library use from a plain script (no ``if __name__ == "__main__":``): the default executor scans this
+    16-tile slide with worker processes, which must not run the script again (multiprocessing's workers
+    import the parent's main script unless it is hidden from them)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import wbc_deploy
+
+    model = make_onnx(tmp_path / "model.onnx", tiny_card(32))
+    script = tmp_path / "count_it.py"
+    script.write_text(
+        "from wbc_deploy.pipeline import CountOptions, count_slides\n"
+        "print('counting', flush=True)\n"
+        f"run = count_slides([{str(slide)!r}], {str(model)!r}, {str(tmp_path / 'out')!r}, "
+        "CountOptions(quiet=True, tile_um=128.0, workers=2))\n"
+        "print('status', run.slides[0].status, run.slides[0].n_wbc, flush=True)\n")
+    root = str(Path(wbc_deploy.__file__).resolve().parent.parent)
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "PYTHONPATH": root})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines.count("counting") == 1 and len(lines) == 2, proc.stdout
+    status, n = lines[1].split()[1:]
+    assert status == "ok" and int(n) >= 25
+

@@ -29,12 +29,23 @@ How a slide is counted (module by module):
 """
 from __future__ import annotations
 
-from .inputs import discover_inputs, slide_name
-from .options import CountOptions
-from .result import EXIT_INTERRUPTED, EXIT_OK, EXIT_SLIDES_FAILED, RunResult, SlideResult, TruthComparison
-from .plan import plan_scan
-from .run import CountInterrupted, count_slide, count_slides
-from .scale import resolve_mpp
+import importlib
+
+#: Where each exported name lives. Loaded on first use (PEP 562), so a scan worker process, which imports
+#: only :mod:`.detect`, does not import the whole count path (rich, the outputs, zoning, ...).
+_EXPORTS = {
+    "discover_inputs": "inputs", "slide_name": "inputs", "CountOptions": "options",
+    "EXIT_INTERRUPTED": "result", "EXIT_OK": "result", "EXIT_SLIDES_FAILED": "result", "RunResult": "result",
+    "SlideResult": "result", "TruthComparison": "result", "plan_scan": "plan", "CountInterrupted": "run",
+    "count_slide": "run", "count_slides": "run", "resolve_mpp": "scale",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "EXIT_INTERRUPTED",

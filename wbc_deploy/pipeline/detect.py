@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
-from skimage.measure import approximate_polygon, find_contours
 
 from ..slide.crop import REFLECT, read_field, read_level
 from ..segment import SegmentParams, segment_fields
@@ -99,6 +98,8 @@ def read_crop(reader, crop: CropGeometry, x: float, y: float, fill) -> np.ndarra
 
 def _outline(labels: np.ndarray, cell_id: int, bbox: tuple[int, int, int, int]) -> list[tuple[float, float]]:
     """Closed polygon (x, y in the labels' pixel frame) around one labelled cell, simplified to 0.5 px."""
+    from skimage.measure import approximate_polygon, find_contours  # only with --geojson
+
     x0, y0, x1, y1 = bbox
     mask = np.zeros((y1 - y0 + 2, x1 - x0 + 2), np.float32)
     mask[1:-1, 1:-1] = labels[y0:y1, x0:x1] == cell_id

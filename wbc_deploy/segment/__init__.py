@@ -11,9 +11,20 @@ from __future__ import annotations
 
 from .core import segment_fields, segment_wbcs
 from .params import ROMANOWSKY_EOSIN_OD, ROMANOWSKY_NUCLEUS_OD, SegmentParams
-from .scale import RBC_DIAMETER_UM, estimate_mpp
 from .stain import estimate_background, nucleus_density, stain_matrix
 from .types import Cell, Segmentation
+
+
+
+def __getattr__(name: str):
+    """``estimate_mpp`` and ``RBC_DIAMETER_UM`` load :mod:`.scale` (scikit-image's feature, filters and
+    measure modules, SciPy's statistics) on first use: segmenting, what scan workers do, needs none of it."""
+    if name in ("estimate_mpp", "RBC_DIAMETER_UM"):
+        from . import scale
+
+        return getattr(scale, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Cell",

@@ -45,10 +45,11 @@ class Gaussian:
         """Maximum-likelihood Gaussian of samples ``x`` (n x 3), optionally weighted; ``floor`` is added to the variances."""
         w = np.ones(len(x)) if weights is None else np.asarray(weights, np.float64)
         s = float(w.sum()) + 1e-12
-        mean = (w[:, None] * x).sum(axis=0) / s
+        mean = (w @ x) / s
         d = x - mean
-        # einsum's own loop, not BLAS (a multi-threaded BLAS spins on a busy machine)
-        cov = np.einsum("n,ni,nj->ij", w, d, d) / s + floor * np.eye(x.shape[1])
+        # 3 x n by n x 3 products: ~4x faster than einsum's loop, and far below the size at which
+        # OpenBLAS uses a second thread (measured: CPU time equals wall time up to n = 40000)
+        cov = ((d * w[:, None]).T @ d) / s + floor * np.eye(x.shape[1])
         inv, det = _inverse3(cov)
         return Gaussian(mean=mean, inv_cov=inv, log_det=math.log(max(det, 1e-300)))
 
