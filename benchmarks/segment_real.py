@@ -42,7 +42,7 @@ sys.path.insert(0, str(HERE))
 from segment_bccd import match, wbc_boxes  # noqa: E402
 from slide_throughput import machine  # noqa: E402
 
-from wbc_deploy.segment import segment_wbcs  # noqa: E402
+from wbc_deploy.segment import SegmentParams, segment_wbcs  # noqa: E402
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -101,6 +101,15 @@ def box_is_cut(box: tuple[float, float, float, float], width: int, height: int, 
     return min(x0, y0, width - 1 - x1, height - 1 - y1) <= tolerance_px
 
 
+def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes: a cell's outline box against its annotated box
+    (BCCD has no masks; an outline that leaks into glass or a red cell makes its box too big)."""
+    w = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
 def bccd_scores(folder: Path, mpp: float) -> dict:
     """Recall/precision on BCCD fields with and without cells cut by the image border; seconds per image."""
     images = sorted((folder / "images").glob("*.jpg"))
@@ -108,7 +117,7 @@ def bccd_scores(folder: Path, mpp: float) -> dict:
     n_true = n_det = n_det_inner = tp = tp_inner = dropped_boxes = 0
     n_whole = dict.fromkeys(tolerances, 0)
     tp_whole = dict.fromkeys(tolerances, 0)
-    secs, mpx = [], 0.0
+    secs, mpx, box_ious = [], 0.0, []
     for path in images:
         boxes = wbc_boxes(folder / "annotations" / (path.stem + ".xml"))
         plausible = [b for b in boxes if min(b[2] - b[0], b[3] - b[1]) * mpp >= MIN_BOX_UM]
@@ -121,6 +130,7 @@ def bccd_scores(folder: Path, mpp: float) -> dict:
         mpx += rgb.shape[0] * rgb.shape[1] / 1e6
         pts = [(c.x, c.y) for c in seg.cells]
         inner = [(c.x, c.y) for c in seg.cells if not c.edge]
+        box_ious += [box_iou(c.bbox, b) for c in seg.cells for b in boxes if b[0] <= c.x <= b[2] and b[1] <= c.y <= b[3]]
         n_true += len(boxes)
         n_det += len(pts)
         n_det_inner += len(inner)
@@ -134,6 +144,8 @@ def bccd_scores(folder: Path, mpp: float) -> dict:
            "with_edge_cells": {"detections": n_det, "matched": tp, "recall": tp / n_true, "precision": tp / max(1, n_det)},
            "without_edge_cells": {"detections": n_det_inner, "matched": tp_inner, "recall": tp_inner / n_true,
                                   "precision": tp_inner / max(1, n_det_inner)},
+           "outline_box_iou": {"cells": len(box_ious), "median": float(np.median(box_ious)), "p10": float(np.percentile(box_ious, 10)),
+                               "under_0_7": int(np.sum(np.array(box_ious) < 0.7))},
            "seconds_per_image_median": float(np.median(secs)), "seconds_total": float(np.sum(secs)),
            "ms_per_mpx": 1000 * float(np.sum(secs)) / mpx, "ms_per_wbc": 1000 * float(np.sum(secs)) / max(1, n_det)}
     for key in tolerances:
@@ -193,7 +205,9 @@ def markdown(record: dict) -> str:
     if b:
         lines += ["", f"## WBC detection on {b['images']} BCCD fields ({b['true_wbc']} boxed WBCs, {record['mpp']['bccd']} um/px)", "",
                   f"Boxes smaller than {MIN_BOX_UM:g} um on a side are not WBCs and are left out ({b['boxes_left_out_too_small']}). "
-                  "A cell is an edge cell when its outline reaches the border and its nucleus comes within 1.5 um of it.", "",
+                  f"A cell is an edge cell when its outline comes within {SegmentParams().edge_outline_um:g} um of the border and its "
+                  f"nucleus within {SegmentParams().edge_nucleus_um:g} um. The photographs' vignetting is evened out first "
+                  "(`wbc_deploy/segment/illumination.py`).", "",
                   "| cells cut by the image border | boxes | detections | matched | recall | precision |", "|---|---:|---:|---:|---:|---:|"]
         for key, label in BCCD_ROWS:
             r = b[key]
@@ -203,6 +217,11 @@ def markdown(record: dict) -> str:
         if c:
             lines.append(f"| `count` on the photographs (bundled model; its cells) against boxes within {EDGE_BOX_PX} px left out "
                          f"| {c['true_wbc']} | {c['detections']} | {c['matched']} | {c['recall']:.3f} | {c['precision']:.3f} |")
+        o = b.get("outline_box_iou")
+        if o:
+            lines += ["", f"Outlines (BCCD has boxes, no masks): each detected cell's outline box against the box it lies in, "
+                      f"{o['cells']} cells: IoU median {o['median']:.3f}, 10th percentile {o['p10']:.3f}, "
+                      f"{o['under_0_7']} under 0.7 (an outline leaking into glass or red cells)."]
         lines += ["", f"Speed: median {1000 * b['seconds_per_image_median']:.0f} ms per 640 x 480 field, "
                   f"{b['ms_per_mpx']:.0f} ms per Mpx, {b['ms_per_wbc']:.0f} ms per WBC found (one thread)."]
     return "\n".join(lines) + "\n"
@@ -240,6 +259,8 @@ def main() -> int:
             r = b[key]
             print(f"BCCD {key}: {r['detections']} detections, {r['matched']} of {r.get('true_wbc', b['true_wbc'])} boxes matched: "
                   f"recall {r['recall']:.3f} precision {r['precision']:.3f}")
+        o = b["outline_box_iou"]
+        print(f"BCCD outline box vs annotated box: IoU median {o['median']:.3f} p10 {o['p10']:.3f}, {o['under_0_7']} of {o['cells']} under 0.7")
         print(f"BCCD speed: median {1000 * b['seconds_per_image_median']:.0f} ms per field, {b['ms_per_mpx']:.0f} ms/Mpx, "
               f"{b['ms_per_wbc']:.0f} ms per WBC")
         c = record["bccd_count"] = bccd_count_scores(args.bccd, args.mpp_bccd)

@@ -17,7 +17,7 @@ from scipy import ndimage as ndi
 
 from ..slide.crop import REFLECT, read_field, read_level
 from ..segment import SegmentParams, segment_fields
-from ..segment.finalise import is_edge_cell
+from ..segment.finalise import is_edge_cell, near_border
 from ..segment.stain import apply_table, density_tables, estimate_background
 from .options import COARSE_AREA_UM2, COARSE_MAX_ECCENTRICITY, COARSE_MIN_SOLIDITY, COARSE_UNEXPLAINED_UM2
 from .plan import CropGeometry, Resolution, ScanPlan, Tile
@@ -213,6 +213,17 @@ def cut_by_edge(reader, res: Resolution, cell, ox: int, oy: int, params: Segment
     return is_edge_cell(shifted(cell.bbox), shifted(cell.nucleus_bbox), size, res.mpp, params)
 
 
+def _near_image_edge(reader, res: Resolution, seg, ox: int, oy: int, params: SegmentParams) -> bool:
+    """Whether any cell of a window segmented at ``res`` (offset (ox, oy) into the slide frame) comes within
+    a nucleus's edge distance and a pixel of the image's edge: whether it is cut (:func:`cut_by_edge`)
+    is decided at the refinement resolution (a pixel of the coarse pass is wider than the edge rule's slack)."""
+    lw, lh = reader.level_dimensions[res.level]
+    size = (-(-lw // res.factor), -(-lh // res.factor))
+    margin = params.edge_nucleus_um / res.mpp + 1.0
+    return any(near_border((c.bbox[0] + ox, c.bbox[1] + oy, c.bbox[2] + ox, c.bbox[3] + oy), size, margin)
+               for c in seg.cells)
+
+
 def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResult:
     """Read, detect and crop one tile (see the module docstring); coordinates in the result are level 0.
 
@@ -227,12 +238,15 @@ def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResu
     """
     plan = job.plan
     det, ref = plan.detect, plan.refine
+    # windows are segmented as read: a photograph was evened out whole when opened (a window is too
+    # small to see its vignetting), and a scanner flat-fields its slides
+    params = replace(job.params, flat_field=False) if job.params.flat_field else job.params
     t0 = time.perf_counter()
     rgb = read_at(reader, det, tile.pad, plan.background)
     t1 = time.perf_counter()
     read_s = t1 - t0
     focus = tile_blur_um(rgb, det.mpp, plan.background)
-    windows, candidates, slices = candidate_windows(rgb, plan, job.params)
+    windows, candidates, slices = candidate_windows(rgb, plan, params)
     px, py = tile.pad[0], tile.pad[1]
     scale = det.ds / ref.ds  # refinement px per detection px
     cx0, cy0, cx1, cy1 = (tile.core[0] - px, tile.core[1] - py, tile.core[2] - px, tile.core[3] - py)
@@ -243,8 +257,9 @@ def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResu
     refine = todo
     if not plan.refine_all and det.ds != ref.ds:
         refine = []
-        for (k, sy, sx), seg in zip(todo, segment_fields([rgb[sy, sx] for _, sy, sx in todo], det.mpp, job.params)):
-            if coarse_is_enough(seg, candidates[sy, sx] & (windows[sy, sx] == k), det.mpp):
+        for (k, sy, sx), seg in zip(todo, segment_fields([rgb[sy, sx] for _, sy, sx in todo], det.mpp, params)):
+            if coarse_is_enough(seg, candidates[sy, sx] & (windows[sy, sx] == k), det.mpp) and not (
+                    plan.drop_edge_cells and _near_image_edge(reader, det, seg, sx.start + px, sy.start + py, params)):
                 settled.append((k, seg, det, sx.start + px, sy.start + py))
             else:
                 refine.append((k, sy, sx))
@@ -257,13 +272,13 @@ def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResu
         fine.append(read_at(reader, ref, (ox, oy, rx1, ry1), plan.background))
         read_s += time.perf_counter() - tr
         boxes.append((ox, oy))
-    for (k, _, _), (ox, oy), seg in zip(refine, boxes, segment_fields(fine, ref.mpp, job.params)):
+    for (k, _, _), (ox, oy), seg in zip(refine, boxes, segment_fields(fine, ref.mpp, params)):
         settled.append((k, seg, ref, ox, oy))
 
     found: list[tuple[float, float, Detection]] = []
     for k, seg, res, ox, oy in settled:
         for cell in seg.cells:
-            if plan.drop_edge_cells and cut_by_edge(reader, res, cell, ox, oy, job.params):
+            if plan.drop_edge_cells and cut_by_edge(reader, res, cell, ox, oy, params):
                 continue
             x0, y0 = res.to_level0(cell.x + ox, cell.y + oy)
             dx, dy = det.from_level0(x0, y0)
@@ -298,12 +313,13 @@ def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResu
 _process_reader: tuple[str, object] | None = None
 
 
-def _reader_for(path: str):
-    """This process's open reader for ``path``; the previous slide's reader is closed."""
+def _reader_for(path: str, illumination=None):
+    """This process's open reader for ``path`` (a photograph's illumination evened out by ``illumination``,
+    as the counting process's reader is); the previous slide's reader is closed."""
     global _process_reader
     from ..slide.reader import open_slide
 
-    if _process_reader is not None and _process_reader[0] == path:
+    if _process_reader is not None and _process_reader[0] == (path, illumination):
         return _process_reader[1]
     if _process_reader is not None:
         try:
@@ -312,13 +328,15 @@ def _reader_for(path: str):
             pass
     _process_reader = None
     reader = open_slide(path)
-    _process_reader = (path, reader)
+    if illumination is not None:
+        reader.even_illumination(0.0, illumination)
+    _process_reader = ((path, illumination), reader)
     return reader
 
 
 def process_scan(job: SlideJob, tile: Tile, crops: bool = True) -> TileResult:
     """Process-pool entry point: scan ``tile`` of ``job`` with this process's reader."""
-    return scan_tile(_reader_for(job.path), job, tile, crops=crops)
+    return scan_tile(_reader_for(job.path, job.plan.illumination), job, tile, crops=crops)
 
 
 def job_without_tiles(path: str | Path, plan: ScanPlan, params: SegmentParams) -> SlideJob:

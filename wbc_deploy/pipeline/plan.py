@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..card import DEFAULT_FOV_UM
+from ..segment.illumination import Illumination
 from ..segment.stain import estimate_background
 from ..slide.crop import field_side
 from .options import (CANDIDATE_MIN_UM2, CANDIDATE_OD, MASK_MAX_PX, MASK_MPP, MIN_TILES, REFINE_LEVEL_TOLERANCE,
@@ -100,6 +101,9 @@ class ScanPlan:
     #: A plain image (a photograph of one field) is a crop of the smear: cells cut by its edge are
     #: partial and are not counted. A slide's own edge is the smear's, so slides keep them.
     drop_edge_cells: bool = False
+    #: The photograph's illumination correction (:mod:`wbc_deploy.segment.illumination`), which every
+    #: reader of it applies (worker processes open their own); None for slides and evenly lit images.
+    illumination: Illumination | None = None
     tiles: list[Tile] = field(default_factory=list)
     tiles_total: int = 0
 
@@ -123,6 +127,7 @@ class ScanPlan:
             "tiles_total": self.tiles_total, "tiles_scanned": len(self.tiles),
             "crop_level": self.crop.level, "crop_side": self.crop.side, "crop_level_mpp": self.crop.level_mpp,
             "background": None if self.background is None else [round(v, 3) for v in self.background],
+            "illumination": None if self.illumination is None else [[round(a, 6) for a in c] for c in self.illumination.coefficients],
         }
 
 
@@ -263,6 +268,6 @@ def plan_scan(reader, mpp: float, card, options: CountOptions, thumb: np.ndarray
                     margin_px=int(math.ceil(WINDOW_MARGIN_UM / det.mpp)), candidate_od=CANDIDATE_OD,
                     candidate_min_px=CANDIDATE_MIN_UM2 / det.mpp ** 2, crop=crop, background=background,
                     refine_all=options.refine_all, outlines=options.geojson,
-                    drop_edge_cells=getattr(reader, "vendor", "") == "image")
+                    drop_edge_cells=getattr(reader, "vendor", "") == "image", illumination=reader.illumination)
     plan.tiles, plan.tiles_total = plan_tiles(det_size, tile_px, overlap_px, mask, scale)
     return plan

@@ -102,6 +102,8 @@ def count_slide(path: Path, ctx: RunContext, result: SlideResult) -> SlideResult
         result.mpp, result.mpp_source = mpp, source
         if source == "estimated":
             warn(f"{name}: no microns per pixel in the slide; estimated {mpp:.4f} um/px from red cells (pass --mpp to set it)")
+        if reader.even_illumination(mpp) is not None:  # a photograph's vignetting: everything after sees even glass
+            thumb = thumbnail(reader, thumb_side)
         plan = plan_scan(reader, mpp, backend.card, opts, thumb)
         executor = ctx.workers.for_slide(len(plan.tiles))  # a process pool starts now, while the slide is zoned
         zoning = zone_slide(reader, thumb, plan)

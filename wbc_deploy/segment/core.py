@@ -35,6 +35,7 @@ from skimage.segmentation import watershed
 
 from .colour import ColourModel, Gaussian, fit_colour_model, od_channels, od_table, separation
 from .finalise import finalise_fields
+from .illumination import flatten_illumination
 from .masks import CROSS as _CROSS
 from .masks import bbox as _bbox
 from .masks import block_mean_rgb as _block_mean_rgb
@@ -152,6 +153,8 @@ def _work_factor(mpp: float, params: SegmentParams) -> int:
 def _prepare_field(rgb: np.ndarray, mpp: float, params: SegmentParams) -> _FieldWork:
     """Validate a field, deconvolve its stains and find its candidate windows (none: nothing to segment)."""
     rgb = as_rgb_uint8(rgb)
+    if params.flat_field:
+        rgb = flatten_illumination(rgb, mpp)
     height, width = rgb.shape[:2]
     bg = np.asarray(params.background_rgb if params.background_rgb is not None else estimate_background(rgb),
                     dtype=np.float64)
@@ -532,6 +535,8 @@ def _granule_ring(chrom: np.ndarray, regions: np.ndarray, label: int, box: tuple
     if float(red[ring].mean()) < params.granule_ring_min:
         return False
     rim = (dist > 0) & (dist <= 1.0)
+    if not rim.any():  # a window too small to hold the rim (the nucleus at its edge)
+        return False
     return float(solid[ring_box][rim].mean()) < params.granule_rim_max
 
 
@@ -594,8 +599,16 @@ def _segment_windows(items: list[_Window], work_mpp: float, params: SegmentParam
     if not chrom.any():
         return
     dist_nuc = ndi.distance_transform_edt(~chrom) * work_mpp  # um to the nearest chromatin
-    reach = dist_nuc <= params.cytoplasm_max_um
     fused = dist_nuc <= 0.5 * params.lobe_gap_um  # dilation by half the lobe gap (exact, Euclidean)
+    # Cytoplasm reaches out from nuclei, not from a platelet or a speck beside one: chromatin groups
+    # (lobes joined) smaller than half the least nucleus lend no reach.
+    groups, n_groups = _label(fused)
+    group_px = np.bincount(groups[chrom], minlength=n_groups + 1)
+    small = group_px < 0.5 * params.nucleus_area_min_um2 / (work_mpp * work_mpp)
+    small[0] = False
+    if small.any():
+        dist_nuc = ndi.distance_transform_edt(~(chrom & ~small[groups])) * work_mpp
+    reach = dist_nuc <= params.cytoplasm_max_um
     # The cell mask; the lobes of one nucleus are joined by the dilation so that they flood
     # together, but the split is decided on the cell outline alone.
     shape = _fill_holes((chrom | cyto) & reach)

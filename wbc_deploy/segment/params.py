@@ -25,6 +25,10 @@ class SegmentParams:
     eosin_od: tuple[float, float, float] = ROMANOWSKY_EOSIN_OD
     #: Background (glass) RGB; None estimates it from the brightest pixels of the image.
     background_rgb: tuple[float, float, float] | None = None
+    #: Even out the field's illumination (vignetting) from its own glass first (:mod:`.illumination`).
+    #: The slide scan turns it off for the windows it segments: it evens out a photograph once, whole,
+    #: when it opens it, and a slide scanner flat-fields its own tiles.
+    flat_field: bool = True
     #: Lowest nucleus-stain density ever accepted as chromatin (guard for fields with no WBC):
     #: red cells reach ~0.05, pale WBC cytoplasm ~0.08, chromatin 0.2-0.6.
     nucleus_od_min: float = 0.12
@@ -75,7 +79,7 @@ class SegmentParams:
     edge_nucleus_um: float = 1.5
     #: ... and an outline within this distance of the border reaches it (outlines are traced on blurred
     #: pixels, and the count reads a photograph's cells at a coarser resolution than ``segment``).
-    edge_outline_um: float = 0.5
+    edge_outline_um: float = 1.0
     #: Shape limits of the whole cell (cut cells at the image border are exempt).
     min_solidity: float = 0.75
     max_eccentricity: float = 0.95

@@ -105,6 +105,15 @@ class SlideReader(ABC):
         """Microns per level-0 pixel: the override given to :func:`open_slide`, else the file's value."""
         return self._mpp_override if self._mpp_override is not None else self._file_mpp()
 
+    #: The correction applied to the pixels by :meth:`even_illumination` (None: read as stored).
+    illumination = None
+
+    def even_illumination(self, mpp: float, illumination=None):
+        """Even out a photograph's uneven illumination (:mod:`wbc_deploy.segment.illumination`) in every
+        later read: ``illumination`` when given, else estimated from the image at ``mpp``. Returns the
+        correction applied, or None. A slide scanner flat-fields its tiles itself: slides are read as stored."""
+        return None
+
     @property
     def mpp_source(self) -> str:
         """Where ``mpp`` comes from: ``override``, ``file`` or ``unknown``."""
@@ -287,6 +296,18 @@ class ImageReader(SlideReader):
 
     def _file_mpp(self) -> float | None:
         return self._dpi_mpp
+
+    def even_illumination(self, mpp: float, illumination=None):
+        """A photograph's glass is evened out once, in memory, for every later read (see the base class)."""
+        from ..segment.illumination import estimate_illumination
+
+        if self.illumination is not None:
+            return self.illumination
+        illum = illumination if illumination is not None else estimate_illumination(self._img, mpp)
+        if illum is not None:
+            self._img = illum.correct(self._img)
+            self.illumination = illum
+        return illum
 
     def _read_region(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
         H, W = self._img.shape[:2]

@@ -1,0 +1,141 @@
+"""Uneven illumination (vignetting) of a photographed field, estimated from its own glass, and its correction.
+
+A microscope camera's field is darker towards its edges and corners (vignetting, an off-centre lamp):
+on the BCCD photographs the glass near the corners absorbs 0.05-0.08 more (optical density) than at the
+centre. Relative to the brightest glass, that darker glass looks *stained*, pale grey-blue, the colour of
+a lymphocyte's thin cytoplasm, and cell outlines leaked into it (up to twice the cell's radius). A slide
+scanner flat-fields its tiles itself; a photograph needs it done here.
+
+The glass is the brightest thing in a smear, so in each ~5 um block the brightest tenth of the pixels is
+glass wherever the block holds any. A quadratic surface (per RGB channel, in optical density) is fitted to
+those block values, robustly: blocks much darker than the surface (no glass: red cells cover them) are
+left out, repeatedly. The correction multiplies each channel by the gain that brings the surface to its
+brightest value, so glass is one colour everywhere and a pixel's density is relative to the glass around
+it. Fields too small to hold a surface (a single-cell crop), with too little glass, or lit evenly already
+are left as they are (:func:`estimate_illumination` returns None).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .masks import block_mean_rgb
+
+#: Side of the blocks whose brightest pixels sample the glass (um), and the resolution they are read at.
+BLOCK_UM = 5.0
+ESTIMATE_MPP = 0.5
+#: Share of a block's pixels taken as its glass (the brightest).
+GLASS_SHARE = 0.1
+#: Fewest blocks (and rows, columns of them) a surface is fitted to, and the share of them that must be glass.
+MIN_BLOCKS = 12
+MIN_SIDE_BLOCKS = 3
+MIN_GLASS_SHARE = 0.25
+#: A block is glass while its density is within this many robust standard deviations above the surface
+#: (and the deviation is taken as at least MIN_SPREAD: JPEG noise of the block values).
+INLIER_SD = 2.5
+MIN_SPREAD = 0.006
+#: Fields whose surface varies by less than this (OD, any channel: ~5% of the light) are lit evenly enough;
+#: more than MAX_RANGE (a factor of 2) is not vignetting but a smear too dense to show its glass.
+MIN_RANGE = 0.02
+MAX_RANGE = 0.3
+_ITERATIONS = 8
+FLOOR_QUANTILE = 0.05
+_GRID = 33  # surface sampled on this grid over the field to find its extremes
+
+
+@dataclass(frozen=True)
+class Illumination:
+    """The glass's optical density over a ``width`` x ``height`` field: per RGB channel a quadratic in
+    (u, v) = (x / width - 0.5, y / height - 0.5) with coefficients (1, u, v, u^2, uv, v^2), and its
+    lowest value ``floor`` (the brightest glass, which the correction brings every pixel's glass to)."""
+
+    width: int
+    height: int
+    coefficients: tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]
+    floor: tuple[float, float, float]
+
+    def density(self, x0: float, y0: float, width: int, height: int, scale: float = 1.0) -> np.ndarray:
+        """Glass OD above the brightest glass, (height, width, 3) float32, over a region whose pixel (0, 0) is
+        field pixel (x0, y0) and whose pixels are ``scale`` field pixels wide."""
+        u = ((x0 + (np.arange(width, dtype=np.float64) + 0.5) * scale) / self.width - 0.5)[None, :]
+        v = ((y0 + (np.arange(height, dtype=np.float64) + 0.5) * scale) / self.height - 0.5)[:, None]
+        out = np.empty((height, width, 3), np.float32)
+        for c, (a0, a1, a2, a3, a4, a5) in enumerate(self.coefficients):
+            out[..., c] = (a0 - self.floor[c]) + a1 * u + a2 * v + a3 * u * u + a4 * u * v + a5 * v * v
+        return out
+
+    def correct(self, rgb: np.ndarray, x0: float = 0.0, y0: float = 0.0, scale: float = 1.0) -> np.ndarray:
+        """``rgb`` (uint8) with the illumination evened out; the region's placement as in :meth:`density`."""
+        h, w = rgb.shape[:2]
+        gain = np.power(np.float32(10.0), self.density(x0, y0, w, h, scale))
+        out = rgb.astype(np.float32) * gain
+        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+    def range(self) -> float:
+        """Largest variation of the glass's density over the field, over the channels (OD)."""
+        d = _sample(self)
+        return float(max(d[..., c].max() - d[..., c].min() for c in range(3)))
+
+
+def _sample(illum: Illumination) -> np.ndarray:
+    """The surface's density on a _GRID x _GRID grid spanning the field (corners included)."""
+    g = np.linspace(-0.5, 0.5, _GRID)
+    u, v = g[None, :], g[:, None]
+    out = np.empty((_GRID, _GRID, 3))
+    for c, (a0, a1, a2, a3, a4, a5) in enumerate(illum.coefficients):
+        out[..., c] = a0 + a1 * u + a2 * v + a3 * u * u + a4 * u * v + a5 * v * v
+    return out
+
+
+def _design(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=-1)
+
+
+def estimate_illumination(rgb: np.ndarray, mpp: float) -> Illumination | None:
+    """The field's glass surface (:class:`Illumination`), or None when it cannot or need not be corrected.
+
+    ``rgb`` is the whole photograph (uint8 H x W x 3) at ``mpp`` um/px.
+    """
+    h, w = rgb.shape[:2]
+    f = max(1, int(math.floor(ESTIMATE_MPP / mpp + 1e-6)))
+    b = max(2, int(round(BLOCK_UM / (mpp * f))))
+    ny, nx = (h // f) // b, (w // f) // b
+    if ny < MIN_SIDE_BLOCKS or nx < MIN_SIDE_BLOCKS or ny * nx < MIN_BLOCKS:
+        return None
+    small = block_mean_rgb(rgb, f) if f > 1 else rgb
+    blocks = small[: ny * b, : nx * b].reshape(ny, b, nx, b, 3).transpose(0, 2, 1, 3, 4).reshape(ny * nx, b * b, 3)
+    k = max(1, int(round(GLASS_SHARE * b * b)))
+    brightest = np.argpartition(-blocks.astype(np.int32).sum(axis=-1), k - 1, axis=-1)[:, :k]
+    glass = np.median(np.take_along_axis(blocks, brightest[..., None], axis=1), axis=1)  # (blocks, 3)
+    od = -np.log10((glass.astype(np.float64) + 1.0) / 256.0)
+    # block centres in field coordinates
+    cy = (np.arange(ny) + 0.5) * b * f / h - 0.5
+    cx = (np.arange(nx) + 0.5) * b * f / w - 0.5
+    v, u = np.meshgrid(cy, cx, indexing="ij")
+    design = _design(u.ravel(), v.ravel())
+    total = od.sum(axis=1)
+    glassy = total <= np.median(total)  # start from the brighter half
+    for _ in range(_ITERATIONS):
+        coef = np.linalg.lstsq(design[glassy], total[glassy], rcond=None)[0]
+        resid = total - design @ coef
+        spread = max(MIN_SPREAD, 1.4826 * float(np.median(np.abs(resid[glassy]))))
+        new = resid < INLIER_SD * spread
+        if new.sum() < 6 or (new == glassy).all():
+            break
+        glassy = new
+    if glassy.sum() < MIN_BLOCKS or glassy.mean() < MIN_GLASS_SHARE:
+        return None
+    coefficients = tuple(tuple(float(a) for a in np.linalg.lstsq(design[glassy], od[glassy, c], rcond=None)[0])
+                         for c in range(3))
+    fitted = design[glassy] @ np.asarray(coefficients).T  # the surface at the glass blocks
+    floor = tuple(float(np.quantile(fitted[:, c], FLOOR_QUANTILE)) for c in range(3))
+    illum = Illumination(width=int(w), height=int(h), coefficients=coefficients, floor=floor)  # type: ignore[arg-type]
+    return illum if MIN_RANGE <= illum.range() <= MAX_RANGE else None
+
+
+def flatten_illumination(rgb: np.ndarray, mpp: float) -> np.ndarray:
+    """``rgb`` with its illumination evened out (:func:`estimate_illumination`), or ``rgb`` itself when none is needed."""
+    illum = estimate_illumination(rgb, mpp)
+    return rgb if illum is None else illum.correct(rgb)
