@@ -257,7 +257,9 @@ def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResu
     refine = todo
     if not plan.refine_all and det.ds != ref.ds:
         refine = []
-        for (k, sy, sx), seg in zip(todo, segment_fields([rgb[sy, sx] for _, sy, sx in todo], det.mpp, params)):
+        # a photograph's windows are thresholded as the whole photograph is (as ``segment`` does), not each alone
+        coarse_params = params if plan.detect_threshold is None else replace(params, nucleus_threshold=plan.detect_threshold)
+        for (k, sy, sx), seg in zip(todo, segment_fields([rgb[sy, sx] for _, sy, sx in todo], det.mpp, coarse_params)):
             if coarse_is_enough(seg, candidates[sy, sx] & (windows[sy, sx] == k), det.mpp) and not (
                     plan.drop_edge_cells and _near_image_edge(reader, det, seg, sx.start + px, sy.start + py, params)):
                 settled.append((k, seg, det, sx.start + px, sy.start + py))
@@ -272,7 +274,8 @@ def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResu
         fine.append(read_at(reader, ref, (ox, oy, rx1, ry1), plan.background))
         read_s += time.perf_counter() - tr
         boxes.append((ox, oy))
-    for (k, _, _), (ox, oy), seg in zip(refine, boxes, segment_fields(fine, ref.mpp, params)):
+    fine_params = params if plan.refine_threshold is None else replace(params, nucleus_threshold=plan.refine_threshold)
+    for (k, _, _), (ox, oy), seg in zip(refine, boxes, segment_fields(fine, ref.mpp, fine_params)):
         settled.append((k, seg, ref, ox, oy))
 
     found: list[tuple[float, float, Detection]] = []

@@ -9,12 +9,14 @@ a seam is counted exactly once.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from ..card import DEFAULT_FOV_UM
+from ..segment import SegmentParams
+from ..segment.core import field_nucleus_threshold
 from ..segment.illumination import Illumination
 from ..segment.stain import estimate_background
 from ..slide.crop import field_side
@@ -104,6 +106,11 @@ class ScanPlan:
     #: The photograph's illumination correction (:mod:`wbc_deploy.segment.illumination`), which every
     #: reader of it applies (worker processes open their own); None for slides and evenly lit images.
     illumination: Illumination | None = None
+    #: A photograph's nucleus-stain thresholds at the detection and refinement resolutions, as ``segment``
+    #: sets them for the whole image at each; the windows cut out of it use them instead of their own
+    #: (None: each window its own, as on slides, whose tiles the scan sees one at a time).
+    detect_threshold: float | None = None
+    refine_threshold: float | None = None
     tiles: list[Tile] = field(default_factory=list)
     tiles_total: int = 0
 
@@ -128,6 +135,7 @@ class ScanPlan:
             "crop_level": self.crop.level, "crop_side": self.crop.side, "crop_level_mpp": self.crop.level_mpp,
             "background": None if self.background is None else [round(v, 3) for v in self.background],
             "illumination": None if self.illumination is None else [[round(a, 6) for a in c] for c in self.illumination.coefficients],
+            "nucleus_thresholds": [None if t is None else round(t, 6) for t in (self.detect_threshold, self.refine_threshold)],
         }
 
 
@@ -247,8 +255,13 @@ def dilate_mask(mask: np.ndarray, radius_px: float) -> np.ndarray:
     return ndi.binary_dilation(mask, iterations=r)
 
 
-def plan_scan(reader, mpp: float, card, options: CountOptions, thumb: np.ndarray) -> ScanPlan:
-    """Detection and refinement resolutions, crop level, tissue mask and tiles of a slide at ``mpp`` um/px."""
+def plan_scan(reader, mpp: float, card, options: CountOptions, thumb: np.ndarray,
+              params: SegmentParams | None = None) -> ScanPlan:
+    """Detection and refinement resolutions, crop level, tissue mask and tiles of a slide at ``mpp`` um/px.
+
+    A plain image (a photograph of one field, held whole in memory) also gets the nucleus-stain threshold
+    ``segment`` would give it (``params``' segmentation), for the windows the scan cuts out of it.
+    """
     downsamples = [float(d) for d in reader.level_downsamples]
     det = choose_resolution(mpp, downsamples, options.detect_mpp)
     ref = choose_resolution(mpp, downsamples, options.refine_mpp, REFINE_LEVEL_TOLERANCE)
@@ -269,5 +282,10 @@ def plan_scan(reader, mpp: float, card, options: CountOptions, thumb: np.ndarray
                     candidate_min_px=CANDIDATE_MIN_UM2 / det.mpp ** 2, crop=crop, background=background,
                     refine_all=options.refine_all, outlines=options.geojson,
                     drop_edge_cells=getattr(reader, "vendor", "") == "image", illumination=reader.illumination)
+    if plan.drop_edge_cells:
+        whole = reader.read_region((0, 0), 0, reader.dimensions)  # already evened out: not corrected again
+        seg = replace(params or SegmentParams(), flat_field=False)
+        plan.detect_threshold = field_nucleus_threshold(whole, mpp, replace(seg, work_mpp=det.mpp))
+        plan.refine_threshold = field_nucleus_threshold(whole, mpp, replace(seg, work_mpp=ref.mpp))
     plan.tiles, plan.tiles_total = plan_tiles(det_size, tile_px, overlap_px, mask, scale)
     return plan

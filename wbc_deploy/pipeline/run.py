@@ -104,7 +104,7 @@ def count_slide(path: Path, ctx: RunContext, result: SlideResult) -> SlideResult
             warn(f"{name}: no microns per pixel in the slide; estimated {mpp:.4f} um/px from red cells (pass --mpp to set it)")
         if reader.even_illumination(mpp) is not None:  # a photograph's vignetting: everything after sees even glass
             thumb = thumbnail(reader, thumb_side)
-        plan = plan_scan(reader, mpp, backend.card, opts, thumb)
+        plan = plan_scan(reader, mpp, backend.card, opts, thumb, ctx.params)
         executor = ctx.workers.for_slide(len(plan.tiles))  # a process pool starts now, while the slide is zoned
         zoning = zone_slide(reader, thumb, plan)
         area = counting_area(zoning, opts.area, plan, (w0, h0), dilate_px=opts.overlap_um / (mpp * w0 / thumb.shape[1]) + 1)

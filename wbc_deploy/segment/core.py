@@ -150,8 +150,47 @@ def _work_factor(mpp: float, params: SegmentParams) -> int:
     return max(1, int(math.floor(params.work_mpp / mpp + 1e-6)))
 
 
+def field_nucleus_threshold(rgb: np.ndarray, mpp: float, params: SegmentParams | None = None) -> float | None:
+    """The nucleus-stain threshold :func:`segment_wbcs` gives this whole field (its Otsu threshold, clipped to
+    the physical chromatin range), or None when the field holds no chromatin-dark pixel.
+
+    ``count`` thresholds the windows it cuts out of a photograph at the photograph's threshold
+    (``SegmentParams.nucleus_threshold``), as ``segment`` does, instead of each window's own.
+    """
+    params = params or SegmentParams()
+    fw = _field_densities(rgb, float(mpp), params)
+    if fw.nuc_od is None or float(fw.nuc_od.max()) < params.nucleus_core_od:
+        return None
+    return _nucleus_threshold(fw.nuc_od, params)
+
+
 def _prepare_field(rgb: np.ndarray, mpp: float, params: SegmentParams) -> _FieldWork:
     """Validate a field, deconvolve its stains and find its candidate windows (none: nothing to segment)."""
+    fw = _field_densities(rgb, mpp, params)
+    nuc_od, result = fw.nuc_od, fw.result
+    # Cheap gate: no chromatin-dark pixel at all -> no WBC.
+    if nuc_od is None or float(nuc_od.max()) < params.nucleus_core_od:
+        return fw
+    threshold = params.nucleus_threshold if params.nucleus_threshold is not None else _nucleus_threshold(nuc_od, params)
+    result.threshold = threshold
+    fw.candidates = candidates = _hysteresis(nuc_od, threshold, max(threshold, params.nucleus_core_od))
+    if not candidates.any():
+        return fw
+    margin = int(math.ceil((params.cytoplasm_max_um + params.lobe_gap_um) / fw.work_mpp)) + 3
+    min_px = params.nucleus_area_min_um2 / (fw.work_mpp * fw.work_mpp)
+    # not enough chromatin in a window for even one nucleus: nothing to do there
+    fw.windows = [sl for sl in _candidate_windows(candidates, margin) if candidates[sl].sum() >= min_px]
+    if fw.windows:
+        fw.stained_od = _stained_threshold(apply_table(fw.tables[2], fw.work_rgb[::4, ::4]), params)
+        fw.labels = np.zeros(nuc_od.shape, np.int32)
+        fw.nuclei = np.zeros(nuc_od.shape, np.int32)
+        fw.colour = _fit_colour(fw, np.asarray(result.background, np.float64), params)
+    return fw
+
+
+def _field_densities(rgb: np.ndarray, mpp: float, params: SegmentParams) -> _FieldWork:
+    """Validate a field, even out its illumination (``params.flat_field``), block-average it to the working
+    resolution and deconvolve its nucleus stain (``nuc_od``; None for an empty field)."""
     rgb = as_rgb_uint8(rgb)
     if params.flat_field:
         rgb = flatten_illumination(rgb, mpp)
@@ -170,25 +209,7 @@ def _prepare_field(rgb: np.ndarray, mpp: float, params: SegmentParams) -> _Field
     fw.factor, fw.work_mpp = factor, mpp * factor
     fw.work_rgb = work_rgb = _block_mean_rgb(rgb, factor) if factor > 1 else rgb
     fw.tables = tables = density_tables(bg, params)
-    fw.nuc_od = nuc_od = apply_table(tables[0], work_rgb)
-
-    # Cheap gate: no chromatin-dark pixel at all -> no WBC.
-    if float(nuc_od.max()) < params.nucleus_core_od:
-        return fw
-    threshold = _nucleus_threshold(nuc_od, params)
-    result.threshold = threshold
-    fw.candidates = candidates = _hysteresis(nuc_od, threshold, max(threshold, params.nucleus_core_od))
-    if not candidates.any():
-        return fw
-    margin = int(math.ceil((params.cytoplasm_max_um + params.lobe_gap_um) / fw.work_mpp)) + 3
-    min_px = params.nucleus_area_min_um2 / (fw.work_mpp * fw.work_mpp)
-    # not enough chromatin in a window for even one nucleus: nothing to do there
-    fw.windows = [sl for sl in _candidate_windows(candidates, margin) if candidates[sl].sum() >= min_px]
-    if fw.windows:
-        fw.stained_od = _stained_threshold(apply_table(tables[2], work_rgb[::4, ::4]), params)
-        fw.labels = np.zeros(nuc_od.shape, np.int32)
-        fw.nuclei = np.zeros(nuc_od.shape, np.int32)
-        fw.colour = _fit_colour(fw, bg, params)
+    fw.nuc_od = apply_table(tables[0], work_rgb)
     return fw
 
 

@@ -34,6 +34,9 @@ class SegmentParams:
     nucleus_od_min: float = 0.12
     #: Highest threshold Otsu may choose, so faint nuclei next to very dark ones are kept.
     nucleus_od_max: float = 0.25
+    #: Nucleus-stain threshold to use instead of the field's own (Otsu, clipped as above): ``count`` gives the
+    #: windows it cuts out of a photograph the whole photograph's (:func:`~wbc_deploy.segment.core.field_nucleus_threshold`).
+    nucleus_threshold: float | None = None
     #: A nucleus candidate must reach this density somewhere (hysteresis high threshold).
     nucleus_core_od: float = 0.18
     #: Total OD above which a pixel is stained (cell) rather than glass.
