@@ -44,6 +44,7 @@ _ITERATIONS = 8
 FLOOR_QUANTILE = 0.05
 _GRID = 33  # surface sampled on this grid over the field to find its extremes
 _GAIN_STEP = 8  # the correction's gain is computed every this many pixels and interpolated
+_STRIP_ROWS = 2048  # ... over bands of this many rows (a multiple of _GAIN_STEP)
 
 
 @dataclass(frozen=True)
@@ -76,12 +77,14 @@ class Illumination:
         from PIL import Image
 
         h, w = rgb.shape[:2]
-        gh, gw = -(-h // _GAIN_STEP), -(-w // _GAIN_STEP)
-        coarse = np.power(10.0, self.density(x0, y0, gw, gh, scale * _GAIN_STEP)).astype(np.float32)
         out = np.empty((h, w, 3), np.uint8)
-        for c in range(3):
-            gain = np.asarray(Image.fromarray(np.ascontiguousarray(coarse[..., c]), "F").resize((w, h), Image.BILINEAR))
-            out[..., c] = np.clip(rgb[..., c] * gain + 0.5, 0, 255)
+        for r0 in range(0, h, _STRIP_ROWS):  # bands of rows: a gigapixel photograph needs no gigapixel gain
+            rows = min(_STRIP_ROWS, h - r0)
+            gh, gw = -(-rows // _GAIN_STEP), -(-w // _GAIN_STEP)
+            coarse = np.power(10.0, self.density(x0, y0 + r0 * scale, gw, gh, scale * _GAIN_STEP)).astype(np.float32)
+            for c in range(3):
+                gain = np.asarray(Image.fromarray(np.ascontiguousarray(coarse[..., c]), "F").resize((w, rows), Image.BILINEAR))
+                out[r0:r0 + rows, :, c] = np.clip(rgb[r0:r0 + rows, :, c] * gain + 0.5, 0, 255)
         return out
 
     def range(self) -> float:
