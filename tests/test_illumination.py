@@ -123,3 +123,17 @@ def test_count_evens_out_a_photograph_in_every_worker(field, tmp_path):
         near = min(threads, key=lambda t: np.hypot(float(t["x"]) - x, float(t["y"]) - y))
         assert np.hypot(float(near["x"]) - x, float(near["y"]) - y) * MPP < 1.0
         assert abs(float(near["area_um2"]) / area - 1.0) < 0.1, f"cell at ({x}, {y}): {near['area_um2']} um2, even light {area}"
+
+
+def test_a_tall_photograph_is_corrected_in_bands_without_seams(field, monkeypatch):
+    """The gain is built band by band (a gigapixel photograph needs no gigapixel array); the bands join
+    without visible seams: within one grey level of the gain built whole."""
+    from wbc_deploy.segment import illumination
+
+    _, vignetted = field
+    illum = estimate_illumination(vignetted, MPP)
+    whole = illum.correct(vignetted).astype(int)
+    monkeypatch.setattr(illumination, "_STRIP_ROWS", 64)
+    banded = illum.correct(vignetted).astype(int)
+    assert np.abs(banded - whole).max() <= 1
+    assert np.abs(banded - whole).mean() < 0.05
