@@ -137,3 +137,31 @@ def test_a_tall_photograph_is_corrected_in_bands_without_seams(field, monkeypatc
     banded = illum.correct(vignetted).astype(int)
     assert np.abs(banded - whole).max() <= 1
     assert np.abs(banded - whole).mean() < 0.05
+
+
+def test_segment_evens_out_photographs_but_reads_slides_as_stored(field, tmp_path):
+    """As ``count``: a plain image (a camera's photograph) is evened out, a slide (here a tiled TIFF, which
+    OpenSlide opens) is segmented as stored, since scanners flat-field their own tiles."""
+    import tifffile
+
+    from wbc_deploy.segment.files import segment_file
+
+    _, vignetted = field
+    Image.fromarray(vignetted).save(tmp_path / "photo.png")
+    tifffile.imwrite(tmp_path / "slide.tif", vignetted, tile=(256, 256), photometric="rgb")
+    with open_slide(tmp_path / "slide.tif") as reader:
+        assert reader.vendor != "image"
+
+    def cells(path):
+        res = segment_file(path, tmp_path / "out", mpp=MPP, stem=path.stem)
+        with open(res.outputs[0], newline="") as fh:
+            return [(round(float(r["x"])), round(float(r["y"])), float(r["area_um2"])) for r in csv.DictReader(fh)]
+
+    def expected(seg):
+        return [(round(c.x), round(c.y), c.area_um2) for c in seg.cells]
+
+    evened = expected(segment_wbcs(vignetted, MPP))
+    as_stored = expected(segment_wbcs(vignetted, MPP, SegmentParams(flat_field=False)))
+    assert evened != as_stored
+    assert [c[:2] for c in cells(tmp_path / "photo.png")] == [c[:2] for c in evened]
+    assert [c[:2] for c in cells(tmp_path / "slide.tif")] == [c[:2] for c in as_stored]

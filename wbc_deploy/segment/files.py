@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +113,8 @@ def write_segmentation(seg: Segmentation, out_dir: str | Path, stem: str) -> lis
 
 
 def read_level0(path: str | Path, mpp: float | None = None, max_pixels: int | None = None):
-    """Open a slide or image and read its level 0 whole: ``(rgb, file_mpp_or_None, reader_mpp_source)``.
+    """Open a slide or image and read its level 0 whole: ``(rgb, file_mpp_or_None, reader_mpp_source, vendor)``
+    (``vendor`` "image" for a plain image, a photograph; else the slide format's).
 
     Raises WbcError (one line) for unreadable files and for a level 0 too big to hold in memory.
     """
@@ -137,7 +138,7 @@ def read_level0(path: str | Path, mpp: float | None = None, max_pixels: int | No
             raise WbcError(f"{p.name}: out of memory reading level 0 ({w}x{h} px); use `wbc-deploy count`") from None
         except Exception as exc:  # noqa: BLE001 - a decoding failure deep in the file
             raise WbcError(f"{p.name}: cannot read the image data ({' '.join(str(exc).split()) or type(exc).__name__})") from None
-        return np.asarray(rgb)[..., :3], reader.mpp, reader.mpp_source
+        return np.asarray(rgb)[..., :3], reader.mpp, reader.mpp_source, reader.vendor
 
 
 def segment_file(path: str | Path, out_dir: str | Path, mpp: float | None = None,
@@ -151,7 +152,9 @@ def segment_file(path: str | Path, out_dir: str | Path, mpp: float | None = None
     t0 = time.perf_counter()
     p = Path(path)
     stem = stem or output_stem(p)
-    rgb, file_mpp, source = read_level0(p, mpp=mpp, max_pixels=max_pixels)
+    rgb, file_mpp, source, vendor = read_level0(p, mpp=mpp, max_pixels=max_pixels)
+    if vendor != "image":  # as in `count`: a photograph's vignetting is evened out, a scanner flat-fields its slides
+        params = replace(params or SegmentParams(), flat_field=False)
     result = SegmentFileResult(path=p, stem=stem, height=int(rgb.shape[0]), width=int(rgb.shape[1]))
     if file_mpp is not None:
         result.mpp, result.mpp_source = float(file_mpp), ("option" if source == "override" else "file")
