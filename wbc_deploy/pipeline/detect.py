@@ -201,27 +201,29 @@ def coarse_is_enough(seg, candidates: np.ndarray, mpp: float) -> bool:
     return True
 
 
+def _image_size(reader, res: Resolution) -> tuple[int, int]:
+    """(width, height) of the image in ``res`` pixels (partial blocks hold edge pixels too)."""
+    lw, lh = reader.level_dimensions[res.level]
+    return -(-lw // res.factor), -(-lh // res.factor)
+
+
+def _shifted(b: tuple[int, int, int, int], ox: int, oy: int) -> tuple[int, int, int, int]:
+    return b[0] + ox, b[1] + oy, b[2] + ox, b[3] + oy
+
+
 def cut_by_edge(reader, res: Resolution, cell, ox: int, oy: int, params: SegmentParams) -> bool:
     """Whether a cell (found at ``res``, offset by (ox, oy) into the slide frame) is cut by the image's edge:
     :func:`wbc_deploy.segment.finalise.is_edge_cell` (the rule of ``segment``'s ``edge`` column) in the slide frame."""
-    lw, lh = reader.level_dimensions[res.level]
-    size = (-(-lw // res.factor), -(-lh // res.factor))  # partial blocks hold edge pixels too
-
-    def shifted(b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-        return b[0] + ox, b[1] + oy, b[2] + ox, b[3] + oy
-
-    return is_edge_cell(shifted(cell.bbox), shifted(cell.nucleus_bbox), size, res.mpp, params)
+    return is_edge_cell(_shifted(cell.bbox, ox, oy), _shifted(cell.nucleus_bbox, ox, oy), _image_size(reader, res),
+                        res.mpp, params)
 
 
 def _near_image_edge(reader, res: Resolution, seg, ox: int, oy: int, params: SegmentParams) -> bool:
     """Whether any cell of a window segmented at ``res`` (offset (ox, oy) into the slide frame) comes within
     a nucleus's edge distance and a pixel of the image's edge: whether it is cut (:func:`cut_by_edge`)
     is decided at the refinement resolution (a pixel of the coarse pass is wider than the edge rule's slack)."""
-    lw, lh = reader.level_dimensions[res.level]
-    size = (-(-lw // res.factor), -(-lh // res.factor))
-    margin = params.edge_nucleus_um / res.mpp + 1.0
-    return any(near_border((c.bbox[0] + ox, c.bbox[1] + oy, c.bbox[2] + ox, c.bbox[3] + oy), size, margin)
-               for c in seg.cells)
+    size, margin = _image_size(reader, res), params.edge_nucleus_um / res.mpp + 1.0
+    return any(near_border(_shifted(c.bbox, ox, oy), size, margin) for c in seg.cells)
 
 
 def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResult:
@@ -316,7 +318,7 @@ def scan_tile(reader, job: SlideJob, tile: Tile, crops: bool = True) -> TileResu
 _process_reader: tuple[str, object] | None = None
 
 
-def _reader_for(path: str, illumination=None):
+def _reader_for(path: str, mpp: float, illumination=None):
     """This process's open reader for ``path`` (a photograph's illumination evened out by ``illumination``,
     as the counting process's reader is); the previous slide's reader is closed."""
     global _process_reader
@@ -332,14 +334,14 @@ def _reader_for(path: str, illumination=None):
     _process_reader = None
     reader = open_slide(path)
     if illumination is not None:
-        reader.even_illumination(0.0, illumination)
+        reader.even_illumination(mpp, illumination)
     _process_reader = ((path, illumination), reader)
     return reader
 
 
 def process_scan(job: SlideJob, tile: Tile, crops: bool = True) -> TileResult:
     """Process-pool entry point: scan ``tile`` of ``job`` with this process's reader."""
-    return scan_tile(_reader_for(job.path, job.plan.illumination), job, tile, crops=crops)
+    return scan_tile(_reader_for(job.path, job.plan.mpp, job.plan.illumination), job, tile, crops=crops)
 
 
 def job_without_tiles(path: str | Path, plan: ScanPlan, params: SegmentParams) -> SlideJob:

@@ -158,20 +158,24 @@ def field_nucleus_threshold(rgb: np.ndarray, mpp: float, params: SegmentParams |
     (``SegmentParams.nucleus_threshold``), as ``segment`` does, instead of each window's own.
     """
     params = params or SegmentParams()
-    fw = _field_densities(rgb, float(mpp), params)
+    return _field_threshold(_field_densities(rgb, float(mpp), params), params)
+
+
+def _field_threshold(fw: _FieldWork, params: SegmentParams) -> float | None:
+    """A prepared field's nucleus threshold (``params.nucleus_threshold``, else its Otsu threshold), or None
+    when no pixel is chromatin-dark (the cheap gate: no WBC)."""
     if fw.nuc_od is None or float(fw.nuc_od.max()) < params.nucleus_core_od:
         return None
-    return _nucleus_threshold(fw.nuc_od, params)
+    return params.nucleus_threshold if params.nucleus_threshold is not None else _nucleus_threshold(fw.nuc_od, params)
 
 
 def _prepare_field(rgb: np.ndarray, mpp: float, params: SegmentParams) -> _FieldWork:
     """Validate a field, deconvolve its stains and find its candidate windows (none: nothing to segment)."""
     fw = _field_densities(rgb, mpp, params)
-    nuc_od, result = fw.nuc_od, fw.result
-    # Cheap gate: no chromatin-dark pixel at all -> no WBC.
-    if nuc_od is None or float(nuc_od.max()) < params.nucleus_core_od:
+    threshold = _field_threshold(fw, params)
+    if threshold is None:
         return fw
-    threshold = params.nucleus_threshold if params.nucleus_threshold is not None else _nucleus_threshold(nuc_od, params)
+    nuc_od, result = fw.nuc_od, fw.result
     result.threshold = threshold
     fw.candidates = candidates = _hysteresis(nuc_od, threshold, max(threshold, params.nucleus_core_od))
     if not candidates.any():

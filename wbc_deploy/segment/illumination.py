@@ -41,6 +41,7 @@ MIN_SPREAD = 0.006
 MIN_RANGE = 0.02
 MAX_RANGE = 0.3
 _ITERATIONS = 8
+#: The glass is brought to this quantile of the fitted surface over the glass blocks (its brightest glass).
 FLOOR_QUANTILE = 0.05
 _GRID = 33  # surface sampled on this grid over the field to find its extremes
 _GAIN_STEP = 8  # the correction's gain is computed every this many pixels and interpolated
@@ -50,8 +51,9 @@ _STRIP_ROWS = 2048  # ... over bands of this many rows (a multiple of _GAIN_STEP
 @dataclass(frozen=True)
 class Illumination:
     """The glass's optical density over a ``width`` x ``height`` field: per RGB channel a quadratic in
-    (u, v) = (x / width - 0.5, y / height - 0.5) with coefficients (1, u, v, u^2, uv, v^2), and its
-    lowest value ``floor`` (the brightest glass, which the correction brings every pixel's glass to)."""
+    (u, v) = (x / width - 0.5, y / height - 0.5) with coefficients (1, u, v, u^2, uv, v^2), and ``floor``,
+    the density the correction brings every pixel's glass to (a low quantile of the surface over the glass
+    blocks it was fitted to: the brightest glass, robust to the surface's extrapolation into the corners)."""
 
     width: int
     height: int
@@ -59,17 +61,14 @@ class Illumination:
     floor: tuple[float, float, float]
 
     def density(self, x0: float, y0: float, width: int, height: int, scale: float = 1.0) -> np.ndarray:
-        """Glass OD above the brightest glass, (height, width, 3) float32, over a region whose pixel (0, 0) is
-        field pixel (x0, y0) and whose pixels are ``scale`` field pixels wide."""
+        """Glass OD above ``floor``, (height, width, 3) float32, over a region whose pixel (0, 0) is field
+        pixel (x0, y0) and whose pixels are ``scale`` field pixels wide."""
         u = ((x0 + (np.arange(width, dtype=np.float64) + 0.5) * scale) / self.width - 0.5)[None, :]
         v = ((y0 + (np.arange(height, dtype=np.float64) + 0.5) * scale) / self.height - 0.5)[:, None]
-        out = np.empty((height, width, 3), np.float32)
-        for c, (a0, a1, a2, a3, a4, a5) in enumerate(self.coefficients):
-            out[..., c] = (a0 - self.floor[c]) + a1 * u + a2 * v + a3 * u * u + a4 * u * v + a5 * v * v
-        return out
+        return (_surface(self.coefficients, u, v) - np.asarray(self.floor)).astype(np.float32)
 
-    def correct(self, rgb: np.ndarray, x0: float = 0.0, y0: float = 0.0, scale: float = 1.0) -> np.ndarray:
-        """``rgb`` (uint8) with the illumination evened out; the region's placement as in :meth:`density`.
+    def correct(self, rgb: np.ndarray) -> np.ndarray:
+        """The whole field ``rgb`` (uint8) with its illumination evened out.
 
         The gain is computed every _GAIN_STEP pixels and interpolated (bilinear, Pillow): it changes by
         under 0.1% over that distance, and the power function over every pixel cost twice the rest.
@@ -81,29 +80,27 @@ class Illumination:
         for r0 in range(0, h, _STRIP_ROWS):  # bands of rows: a gigapixel photograph needs no gigapixel gain
             rows = min(_STRIP_ROWS, h - r0)
             gh, gw = -(-rows // _GAIN_STEP), -(-w // _GAIN_STEP)
-            coarse = np.power(10.0, self.density(x0, y0 + r0 * scale, gw, gh, scale * _GAIN_STEP)).astype(np.float32)
+            coarse = np.power(10.0, self.density(0.0, float(r0), gw, gh, _GAIN_STEP)).astype(np.float32)
             for c in range(3):
                 gain = np.asarray(Image.fromarray(np.ascontiguousarray(coarse[..., c]), "F").resize((w, rows), Image.BILINEAR))
                 out[r0:r0 + rows, :, c] = np.clip(rgb[r0:r0 + rows, :, c] * gain + 0.5, 0, 255)
         return out
 
     def range(self) -> float:
-        """Largest variation of the glass's density over the field, over the channels (OD)."""
-        d = _sample(self)
-        return float(max(d[..., c].max() - d[..., c].min() for c in range(3)))
+        """Largest variation of the glass's density over the field (corners included), over the channels (OD)."""
+        g = np.linspace(-0.5, 0.5, _GRID)
+        d = _surface(self.coefficients, g[None, :], g[:, None])
+        return float((d.max(axis=(0, 1)) - d.min(axis=(0, 1))).max())
 
 
-def _sample(illum: Illumination) -> np.ndarray:
-    """The surface's density on a _GRID x _GRID grid spanning the field (corners included)."""
-    g = np.linspace(-0.5, 0.5, _GRID)
-    u, v = g[None, :], g[:, None]
-    out = np.empty((_GRID, _GRID, 3))
-    for c, (a0, a1, a2, a3, a4, a5) in enumerate(illum.coefficients):
-        out[..., c] = a0 + a1 * u + a2 * v + a3 * u * u + a4 * u * v + a5 * v * v
-    return out
+def _surface(coefficients, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The quadratic surfaces (one per channel) at (u, v), broadcast: (..., 3)."""
+    return _design(u, v) @ np.asarray(coefficients, np.float64).T
 
 
 def _design(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The quadratic's terms (1, u, v, u^2, uv, v^2) at (u, v), broadcast against each other: (..., 6)."""
+    u, v = np.broadcast_arrays(u, v)
     return np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=-1)
 
 
